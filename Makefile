@@ -1,0 +1,34 @@
+# Two commands do all setup on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+RUN_DIR := .workspace/executed
+
+.PHONY: install run test lint stop clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --progress-bar off -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+run: $(STAMP)  ## execute every notebook end to end on the local backend
+	$(PY) -m helpers.run_notebooks --output-dir $(RUN_DIR) $(NOTEBOOKS)
+
+test: $(STAMP)  ## the test suite (small sizes), including notebook smoke runs
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check helpers tests
+	$(VENV)/bin/ruff format --check helpers tests
+
+stop: $(STAMP)  ## stop the local workspace server
+	$(PY) -m helpers.local.server stop
+
+clean: stop
+	rm -rf .workspace

@@ -1,0 +1,1 @@
+"""Serving architectures on Databricks, with a local twin."""

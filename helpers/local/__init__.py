@@ -1,0 +1,1 @@
+"""The local twin of the Databricks services the notebooks use. Notebooks never import this directly."""

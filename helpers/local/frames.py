@@ -1,0 +1,35 @@
+"""Conversions between what users pass (pandas, Spark, Arrow) and the Arrow tables the twin stores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+
+def to_arrow(df: Any, argument: str = "df") -> pa.Table:
+    """An Arrow table from a pandas, Spark or Arrow frame; ``TypeError`` naming ``argument`` otherwise."""
+    if isinstance(df, pa.Table):
+        return df
+    if hasattr(df, "toPandas") and not isinstance(df, pd.DataFrame):  # a Spark DataFrame
+        df = df.toPandas()
+    if isinstance(df, pd.DataFrame):
+        if not df.columns.is_unique:
+            raise ValueError(f"{argument} has duplicate column names")
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        return table.cast(pa.schema([f.with_type(_plain(f.type)) for f in table.schema]))
+    raise TypeError(f"{argument} must be a pandas or Spark DataFrame, got {type(df).__name__}")
+
+
+def _plain(kind: pa.DataType) -> pa.DataType:
+    """Store strings as ``string`` and timestamps as naive microseconds, as Delta and Spark do."""
+    if pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        return pa.string()
+    if pa.types.is_timestamp(kind):
+        return pa.timestamp("us", tz=kind.tz)
+    return kind
+
+
+def to_pandas(table: pa.Table) -> pd.DataFrame:
+    return table.to_pandas()

@@ -1,0 +1,1 @@
+"""The local workspace server: Databricks REST contract for serving endpoints and jobs."""

@@ -1,0 +1,107 @@
+"""The one place that knows which backend runs: Databricks or the local twin.
+
+Notebooks call these functions and the real Databricks APIs; everything backend-specific happens here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from helpers.config import Settings, get_settings
+
+EXPERIMENT_NAME = "serving-architectures"
+_current: Settings | None = None
+
+
+def settings(**overrides: Any) -> Settings:
+    """Resolve settings (notebook parameters win over ``HELPERS_*`` variables) and remember them."""
+    global _current
+    _current = get_settings(**overrides)
+    if _current.backend == "local":
+        _current.state_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["HELPERS_STATE_DIR"] = str(_current.state_dir)  # child processes share the same state
+    return _current
+
+
+def current_settings() -> Settings:
+    return _current or settings()
+
+
+def _local_mlflow(state_dir: Path) -> None:
+    uri = f"sqlite:///{state_dir / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT_NAME) is None:
+        mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=(state_dir / "mlruns").as_uri())
+    mlflow.set_experiment(EXPERIMENT_NAME)
+
+
+def feature_engineering_client(cfg: Settings | None = None) -> Any:
+    """``FeatureEngineeringClient`` on Databricks, its local twin elsewhere; MLflow is set up for both."""
+    cfg = cfg or current_settings()
+    if cfg.backend == "databricks":
+        from databricks.feature_engineering import FeatureEngineeringClient
+
+        mlflow.set_registry_uri("databricks-uc")
+        return FeatureEngineeringClient()
+    from helpers.local.feature_client import LocalFeatureEngineeringClient
+
+    _local_mlflow(cfg.state_dir)
+    return LocalFeatureEngineeringClient(cfg.state_dir)
+
+
+def workspace_client(cfg: Settings | None = None) -> Any:
+    """A real ``databricks.sdk.WorkspaceClient``: the workspace on Databricks, the local server elsewhere."""
+    from databricks.sdk import WorkspaceClient
+
+    cfg = cfg or current_settings()
+    if cfg.backend == "databricks":
+        return WorkspaceClient()
+    from helpers.local.server.process import ensure_server
+
+    _local_mlflow(cfg.state_dir)
+    server = ensure_server(cfg.state_dir)
+    return WorkspaceClient(host=server.url, token=server.token, auth_type="pat")
+
+
+def to_backend_df(df: pd.DataFrame) -> Any:
+    """The frame type the backend's feature client wants: Spark on Databricks, pandas locally."""
+    if current_settings().backend == "databricks":
+        from pyspark.sql import SparkSession
+
+        return SparkSession.builder.getOrCreate().createDataFrame(df)
+    return df
+
+
+def to_pandas(df: Any) -> pd.DataFrame:
+    """A pandas frame from whatever a feature client returned."""
+    return df if isinstance(df, pd.DataFrame) else df.toPandas()
+
+
+def ensure_schema(cfg: Settings | None = None) -> None:
+    """Create the Unity Catalog schema if needed (locally, a name is enough)."""
+    cfg = cfg or current_settings()
+    if cfg.backend == "databricks":
+        from pyspark.sql import SparkSession
+
+        SparkSession.builder.getOrCreate().sql(f"CREATE SCHEMA IF NOT EXISTS {cfg.catalog}.{cfg.schema}")
+
+
+def create_python_function(name: str, params: dict[str, str], returns: str, body: str) -> str:
+    """Register a Python UDF under a UC name (``CREATE FUNCTION ... LANGUAGE PYTHON``); returns the SQL."""
+    from helpers.local.functions import FunctionRegistry, PythonFunction
+
+    cfg = current_settings()
+    if cfg.backend == "databricks":
+        from pyspark.sql import SparkSession
+
+        sql = PythonFunction(name, params, returns, body).create_sql()
+        SparkSession.builder.getOrCreate().sql(sql)
+        return sql
+    return FunctionRegistry(cfg.state_dir).create(name, params, returns, body).create_sql()

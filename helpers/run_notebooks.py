@@ -1,0 +1,60 @@
+"""Execute notebooks in order with papermill: ``python -m helpers.run_notebooks notebooks/0*.ipynb``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import papermill
+
+
+def run_notebooks(
+    paths: list[Path], output_dir: Path, parameters: dict[str, Any] | None = None, cwd: Path | None = None
+) -> list[tuple[Path, float]]:
+    """Run each notebook (stopping at the first failure) and return the wall time of each."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    timings = []
+    for path in paths:
+        started = time.perf_counter()
+        print(f"▶ {path.name}", flush=True)
+        papermill.execute_notebook(
+            str(path),
+            str(output_dir / path.name),
+            parameters=parameters or {},
+            cwd=str(cwd or path.parent),
+            progress_bar=False,
+            kernel_name="python3",
+        )
+        elapsed = time.perf_counter() - started
+        timings.append((path, elapsed))
+        print(f"✔ {path.name} in {elapsed:.1f} s", flush=True)
+    return timings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("--output-dir", type=Path, default=Path(".workspace/executed"))
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    args = parser.parse_args(argv)
+    parameters = {name: _literal(value) for name, value in args.parameter}
+    timings = run_notebooks(args.notebooks, args.output_dir, parameters)
+    total = sum(t for _, t in timings)
+    print(f"{len(timings)} notebooks executed in {total:.1f} s; outputs in {args.output_dir}")
+    return 0
+
+
+def _literal(value: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Deploying and querying serving endpoints with the real SDK (the same calls on Databricks and locally)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+from databricks.sdk import WorkspaceClient
+from databricks.sdk.errors import NotFound, ResourceDoesNotExist
+from databricks.sdk.service.serving import (
+    EndpointCoreConfigInput,
+    ServedEntityInput,
+    ServingEndpointDetailed,
+    TrafficConfig,
+)
+
+
+def endpoint_exists(w: WorkspaceClient, name: str) -> bool:
+    try:
+        w.serving_endpoints.get(name)
+    except (NotFound, ResourceDoesNotExist):
+        return False
+    return True
+
+
+def served_entity(
+    entity_name: str,
+    entity_version: str | int | None = None,
+    *,
+    workload_size: str = "Small",
+    scale_to_zero_enabled: bool = True,
+    name: str | None = None,
+) -> ServedEntityInput:
+    """A served model version (``entity_version`` given) or feature spec (no version)."""
+    return ServedEntityInput(
+        entity_name=entity_name,
+        entity_version=None if entity_version is None else str(entity_version),
+        workload_size=workload_size,
+        scale_to_zero_enabled=scale_to_zero_enabled,
+        name=name,
+    )
+
+
+def deploy_endpoint(
+    w: WorkspaceClient,
+    name: str,
+    served_entities: Sequence[ServedEntityInput],
+    *,
+    traffic_config: TrafficConfig | None = None,
+    timeout: timedelta = timedelta(minutes=30),
+) -> ServingEndpointDetailed:
+    """Create the endpoint, or roll its config in place if it exists; wait (bounded) until it is ready."""
+    entities = list(served_entities)
+    started = time.monotonic()
+    if endpoint_exists(w, name):
+        print(f"updating endpoint {name!r} (the current config keeps serving until the new one is ready)")
+        endpoint = w.serving_endpoints.update_config_and_wait(
+            name, served_entities=entities, traffic_config=traffic_config, timeout=timeout
+        )
+    else:
+        print(f"creating endpoint {name!r}")
+        config = EndpointCoreConfigInput(name=name, served_entities=entities, traffic_config=traffic_config)
+        endpoint = w.serving_endpoints.create_and_wait(name, config=config, timeout=timeout)
+    state = endpoint.state
+    print(f"endpoint {name!r} ready={state.ready.value} in {time.monotonic() - started:.1f} s")
+    return endpoint
+
+
+def time_calls(call: Callable[[int], Any], n: int) -> np.ndarray:
+    """Call ``call(i)`` ``n`` times and return each call's latency in milliseconds."""
+    latencies = np.empty(n)
+    for i in range(n):
+        started = time.perf_counter()
+        call(i)
+        latencies[i] = (time.perf_counter() - started) * 1000
+    return latencies
+
+
+def latency_summary(latencies_ms: np.ndarray) -> dict[str, float]:
+    p50, p90, p99 = np.percentile(latencies_ms, [50, 90, 99])
+    return {"n": len(latencies_ms), "p50_ms": round(p50, 2), "p90_ms": round(p90, 2), "p99_ms": round(p99, 2)}
+
+
+def plot_latency(latencies_ms: np.ndarray, title: str) -> Any:
+    """Histogram of latencies with p50 and p99 marked."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.hist(latencies_ms, bins=40, color="#3b7dd8")
+    for q, style in ((50, "-"), (99, "--")):
+        value = np.percentile(latencies_ms, q)
+        ax.axvline(value, color="k", ls=style, lw=1, label=f"p{q} = {value:.1f} ms")
+    ax.set(xlabel="latency per request (ms)", ylabel="requests", title=title)
+    ax.legend()
+    return fig

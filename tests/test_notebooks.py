@@ -1,0 +1,49 @@
+"""Smoke runs: every numbered notebook, in order, with papermill, small sizes, in a temporary state dir."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import papermill
+import pytest
+
+from helpers.config import PROJECT_ROOT
+
+NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+SMALL = {
+    "n_customers": 300,
+    "n_transactions": 3_000,
+    "n_products": 20,
+    "n_stores": 3,
+    "n_queries": 20,
+    "max_iter": 40,
+}
+
+
+@pytest.fixture(scope="module")
+def shared_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One state dir for the whole sequence: each notebook builds on the previous ones."""
+    state = tmp_path_factory.mktemp("notebook_state")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HELPERS_STATE_DIR", str(state))
+    patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield state
+    from helpers.local.server.process import stop_server
+
+    stop_server(state)
+    patch.undo()
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs(notebook: Path, shared_state: Path, tmp_path: Path) -> None:
+    declared = papermill.inspect_notebook(str(notebook))
+    parameters = {k: v for k, v in SMALL.items() if k in declared}
+    papermill.execute_notebook(
+        str(notebook),
+        str(tmp_path / notebook.name),
+        parameters=parameters,
+        cwd=str(notebook.parent),
+        kernel_name="python3",
+        progress_bar=False,
+    )
