@@ -105,3 +105,37 @@ def create_python_function(name: str, params: dict[str, str], returns: str, body
         SparkSession.builder.getOrCreate().sql(sql)
         return sql
     return FunctionRegistry(cfg.state_dir).create(name, params, returns, body).create_sql()
+
+
+def job_parameters(**defaults: Any) -> dict[str, Any]:
+    """A job notebook's parameters over ``defaults``: widgets on Databricks, the job run's values locally.
+
+    Values are converted to the type of their default (job parameters travel as strings).
+    """
+    from helpers.local.notebook_io import coerce_like
+    from helpers.local.notebook_io import job_parameters as local_job_parameters
+
+    if current_settings().backend == "databricks":
+        from databricks.sdk.runtime import dbutils
+
+        values = {}
+        for name, default in defaults.items():
+            dbutils.widgets.text(name, str(default))
+            values[name] = coerce_like(default, dbutils.widgets.get(name), name)
+        return values
+    return local_job_parameters(**defaults)
+
+
+def notebook_exit(value: str) -> None:
+    """End a job notebook with ``value`` as its output (``dbutils.notebook.exit`` on Databricks).
+
+    Locally the value is recorded for ``runs/get-output`` and the notebook goes on: call it last.
+    """
+    if current_settings().backend == "databricks":
+        from databricks.sdk.runtime import dbutils
+
+        dbutils.notebook.exit(value)
+        return
+    from helpers.local.notebook_io import exit_notebook
+
+    exit_notebook(value)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 KNOWN_NAMESPACES = frozenset({"job", "task", "tasks", "workspace"})
 # Documented by Databricks, not produced by the local runner: say so instead of "unknown".
@@ -73,7 +73,7 @@ class RunContext:
 
 def time_arguments(epoch_ms: int) -> dict[str, str]:
     """The ``job.start_time.<argument>`` values, in UTC."""
-    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
     return {
         "iso_datetime": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "iso_date": moment.date().isoformat(),
@@ -137,7 +137,9 @@ def substitute_all(
 def _explain(reference: str, path: tuple[str, ...], where: str) -> str:
     place = f" in {where}" if where else ""
     for pattern in _UNSUPPORTED:
-        if len(path) >= len(pattern) and all(p is None or p == q for p, q in zip(pattern, path, strict=False)):
+        if len(path) >= len(pattern) and all(
+            p is None or p == q for p, q in zip(pattern, path, strict=False)
+        ):
             return f"Dynamic value reference {reference}{place} is not supported by the local job runner."
     if path[:2] == ("job", "parameters"):
         return f"Dynamic value reference {reference}{place} names no job parameter of this job."

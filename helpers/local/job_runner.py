@@ -185,9 +185,12 @@ class JobRunExecutor:
             base = substitute_all(notebook_task.get("base_parameters") or {}, values, "base parameter")
             notebook = resolve_notebook_path(notebook_task["notebook_path"], self.notebooks_root)
         except (UnknownReference, ValueError) as exc:
-            return self._finish_task(task, NotebookResult(State.failed(str(exc), "INVALID_RUN_CONFIGURATION")))
+            return self._finish_task(
+                task, NotebookResult(State.failed(str(exc), "INVALID_RUN_CONFIGURATION"))
+            )
         if not notebook.is_file():
-            message = f"Unable to access the notebook {notebook_task['notebook_path']!r}: {notebook} does not exist."
+            path = notebook_task["notebook_path"]
+            message = f"Unable to access the notebook {path!r}: {notebook} does not exist."
             return self._finish_task(task, NotebookResult(State.failed(message, "RESOURCE_NOT_FOUND")))
         legacy = run.overriding_parameters.get("notebook_params") or {}
         parameters = {**base, **legacy, **context.parameters}
@@ -233,7 +236,9 @@ def _skip_reason(task: TaskRunRecord, results: dict[str, State], control: RunCon
     for upstream in task.task.get("depends_on") or []:
         state = results[upstream["task_key"]]
         if state.result_state != "SUCCESS":
-            kind = "UPSTREAM_CANCELED" if state.result_state in ("CANCELED", "TIMEDOUT") else "UPSTREAM_FAILED"
+            kind = (
+                "UPSTREAM_CANCELED" if state.result_state in ("CANCELED", "TIMEDOUT") else "UPSTREAM_FAILED"
+            )
             return State.upstream(kind, f"Upstream task {upstream['task_key']!r} did not succeed.")
     return None
 
@@ -327,7 +332,9 @@ def _stopped(reason: str) -> State:
     return State.internal_error(SERVER_STOPPED) if reason == "shutdown" else State.canceled()
 
 
-def _wait(process: subprocess.Popen[bytes], deadline: tuple[float, int] | None, control: RunControl) -> str | None:
+def _wait(
+    process: subprocess.Popen[bytes], deadline: tuple[float, int] | None, control: RunControl
+) -> str | None:
     while True:
         try:
             process.wait(timeout=0.05)

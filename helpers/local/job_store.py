@@ -115,7 +115,13 @@ class State:
     @classmethod
     def skipped_max_concurrent(cls, limit: int) -> State:
         message = f"Skipping this run because the limit of {limit} maximum concurrent runs has been reached."
-        return cls("SKIPPED", "MAXIMUM_CONCURRENT_RUNS_REACHED", message, "MAX_CONCURRENT_RUNS_EXCEEDED", "CLIENT_ERROR")
+        return cls(
+            "SKIPPED",
+            "MAXIMUM_CONCURRENT_RUNS_REACHED",
+            message,
+            "MAX_CONCURRENT_RUNS_EXCEEDED",
+            "CLIENT_ERROR",
+        )
 
     @classmethod
     def upstream(cls, result_state: str, message: str) -> State:
@@ -301,7 +307,10 @@ class JobStore:
         if job_id is not None:
             where.append("job_id = ?")
             args.append(job_id)
-        for column, values, op in (("life_cycle_state", states, "IN"), ("life_cycle_state", exclude_states, "NOT IN")):
+        for column, values, op in (
+            ("life_cycle_state", states, "IN"),
+            ("life_cycle_state", exclude_states, "NOT IN"),
+        ):
             if values:
                 where.append(f"{column} {op} ({', '.join('?' * len(values))})")
                 args.extend(values)
@@ -357,7 +366,9 @@ class JobStore:
 
 def _insert(db: sqlite3.Connection, table: str, values: dict[str, Any]) -> None:
     columns = ", ".join(values)
-    db.execute(f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(values))})", list(values.values()))
+    db.execute(
+        f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(values))})", list(values.values())
+    )
 
 
 def _state_columns(state: State) -> dict[str, Any]:
@@ -378,7 +389,7 @@ def _task_columns(task: TaskRunRecord) -> dict[str, Any]:
 
 
 def _decode(row: sqlite3.Row) -> dict[str, Any]:
-    values = {k: (json.loads(row[k]) if k in _JSON_COLUMNS and row[k] is not None else row[k]) for k in row.keys()}
+    values = {k: json.loads(v) if k in _JSON_COLUMNS and v is not None else v for k, v in dict(row).items()}
     state = {name: values.pop(name) for name in _STATE_FIELDS}
     state["user_cancelled_or_timedout"] = bool(state["user_cancelled_or_timedout"])
     values["state"] = State(**state)
@@ -386,7 +397,9 @@ def _decode(row: sqlite3.Row) -> dict[str, Any]:
 
 
 def _job(row: sqlite3.Row) -> JobRecord:
-    return JobRecord(row["job_id"], row["created_time"], row["creator_user_name"], json.loads(row["settings"]))
+    return JobRecord(
+        row["job_id"], row["created_time"], row["creator_user_name"], json.loads(row["settings"])
+    )
 
 
 def _run(row: sqlite3.Row, tasks: list[TaskRunRecord]) -> RunRecord:

@@ -81,6 +81,8 @@ class LocalJobs:
     def shutdown(self) -> None:
         """Stop running notebooks, close every active run as stopped by the server, release the store."""
         with self._lock:
+            if self._stopping:
+                return
             self._stopping = True
             for control in self._controls.values():
                 control.request_stop("shutdown")
@@ -99,7 +101,9 @@ class LocalJobs:
             raise ValueError(f"Job {job_id} does not exist.")
         return job
 
-    def list_jobs(self, name: str | None = None, offset: int = 0, limit: int = 20) -> tuple[list[JobRecord], bool]:
+    def list_jobs(
+        self, name: str | None = None, offset: int = 0, limit: int = 20
+    ) -> tuple[list[JobRecord], bool]:
         if not 1 <= limit <= 100:
             raise ValueError(f"limit must be between 1 and 100, got {limit}")
         if offset < 0:
@@ -126,9 +130,10 @@ class LocalJobs:
         workspace_url: str = "",
     ) -> RunRecord:
         job = self.get_job(job_id)
-        if idempotency_token is not None:
-            if not isinstance(idempotency_token, str) or not 0 < len(idempotency_token) <= MAX_TOKEN_LENGTH:
-                raise ValueError(f"idempotency_token must be a string of 1 to {MAX_TOKEN_LENGTH} characters")
+        if idempotency_token is not None and not (
+            isinstance(idempotency_token, str) and 0 < len(idempotency_token) <= MAX_TOKEN_LENGTH
+        ):
+            raise ValueError(f"idempotency_token must be a string of 1 to {MAX_TOKEN_LENGTH} characters")
         overrides = _string_map(job_parameters, "job_parameters")
         legacy = _string_map(notebook_params, "notebook_params")
         settings = job.settings
@@ -141,7 +146,10 @@ class LocalJobs:
             )
         unknown = sorted(set(overrides) - set(definitions))
         if unknown:
-            raise ValueError(f"job_parameters {unknown} are not defined by job {job.job_id}; defined: {sorted(definitions)}")
+            defined = sorted(definitions)
+            raise ValueError(
+                f"job_parameters {unknown} are not defined by job {job.job_id}; defined: {defined}"
+            )
         queue_enabled = _queue_enabled(queue, "queue") if queue is not None else settings["queue"]["enabled"]
         with self._lock:
             if self._stopping:
@@ -151,7 +159,7 @@ class LocalJobs:
             limit = settings["max_concurrent_runs"]
             if self.store.count_running(job.job_id) < limit:
                 state = State("PENDING")
-            elif queue_enabled:
+            elif queue_enabled and limit > 0:  # a limit of 0 skips every new run
                 message = f"Queued due to reaching maximum concurrent runs of {limit}."
                 state = State("QUEUED", state_message=message)
             else:
@@ -164,7 +172,8 @@ class LocalJobs:
                     run_name=settings["name"],
                     settings=settings,
                     job_parameters=[
-                        {"name": n, "default": d, "value": overrides.get(n, d)} for n, d in definitions.items()
+                        {"name": n, "default": d, "value": overrides.get(n, d)}
+                        for n, d in definitions.items()
                     ],
                     overriding_parameters={"notebook_params": legacy} if legacy else {},
                     creator_user_name=self.user,
@@ -319,10 +328,14 @@ class LocalJobs:
         parameters = []
         for i, parameter in enumerate(settings.get("parameters") or []):
             if not isinstance(parameter, dict) or not _KEY.match(str(parameter.get("name", ""))):
-                raise ValueError(f"parameters[{i}] needs a name of letters, digits, '_', '-', '.'; got {parameter!r}")
+                raise ValueError(
+                    f"parameters[{i}] needs a name of letters, digits, '_', '-', '.'; got {parameter!r}"
+                )
             if "default" not in parameter:
                 raise ValueError(f"parameters[{i}] ({parameter['name']!r}) needs a default")
-            parameters.append({"name": parameter["name"], "default": _string(parameter["default"], "default")})
+            parameters.append(
+                {"name": parameter["name"], "default": _string(parameter["default"], "default")}
+            )
         names = [p["name"] for p in parameters]
         if len(set(names)) != len(names):
             raise ValueError(f"parameters have duplicate names: {names}")
@@ -352,7 +365,9 @@ class LocalJobs:
             other = [t for t in _OTHER_TASK_TYPES if task.get(t)]
             notebook_task = task.get("notebook_task")
             if other or not isinstance(notebook_task, dict):
-                raise ValueError(f"{where}: only notebook_task is supported by the local workspace, got {other}")
+                raise ValueError(
+                    f"{where}: only notebook_task is supported by the local workspace, got {other}"
+                )
             try:
                 resolve_notebook_path(notebook_task.get("notebook_path"), self.notebooks_root)
             except ValueError as exc:

@@ -61,7 +61,9 @@ def exit_notebook(value: str) -> None:
     Outside a job run (an interactive session) there is nowhere to record it and nothing happens.
     """
     if not isinstance(value, str):
-        raise TypeError(f"exit value must be a str (serialise it, e.g. json.dumps), got {type(value).__name__}")
+        raise TypeError(
+            f"exit value must be a str (serialise it, e.g. json.dumps), got {type(value).__name__}"
+        )
     path = os.environ.get(EXIT_FILE_ENV)
     if path:
         Path(path).write_text(value, encoding="utf-8")

@@ -107,8 +107,6 @@ def _paged(key: str, items: list[dict[str, Any]], offset: int, has_more: bool) -
     answer: dict[str, Any] = {key: items, "has_more": has_more}
     if has_more:
         answer["next_page_token"] = str(offset + len(items))
-    if offset:
-        answer["prev_page_token"] = str(max(0, offset - len(items) if items else 0))
     return answer
 
 
@@ -226,7 +224,11 @@ def state_json(state: State) -> dict[str, Any]:
 def status_json(state: State) -> dict[str, Any]:
     """The newer ``status`` block: v2 state plus queue or termination details."""
     if not state.active:
-        details = {"code": state.termination_code, "type": state.termination_type, "message": state.state_message}
+        details = {
+            "code": state.termination_code,
+            "type": state.termination_type,
+            "message": state.state_message,
+        }
         return {"state": "TERMINATED", "termination_details": details}
     answer: dict[str, Any] = {"state": state.life_cycle_state}
     if state.life_cycle_state == "QUEUED":

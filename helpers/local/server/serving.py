@@ -650,5 +650,5 @@ def _parse_routes(traffic: Any, names: list[str], where: str) -> list[tuple[str,
         raise bad_request(f"{where}.routes name a served entity more than once")
     total = sum(p for _, p in parsed)
     if total != 100:
-        raise bad_request(f"{where}.routes traffic percentages must add up to 100, got {total}")
+        raise bad_request(f"{where}.routes: the traffic_percentage values must add up to 100, got {total}")
     return parsed
