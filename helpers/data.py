@@ -1,8 +1,8 @@
 """Deterministic synthetic store data with real, learnable signal.
 
 Customers (with a promotion-response label), a weekly point-in-time customer feature table, card
-transactions with a fraud label, grocery products and per-store demand. Every generator takes a ``seed``:
-the same seed gives identical frames. Timestamps are naive UTC ``datetime64[us]``.
+transactions with a fraud label, grocery products, per-store demand and weekly sales. Every generator takes
+a ``seed``: the same seed gives identical frames. Timestamps are naive UTC ``datetime64[us]``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,15 @@ CUSTOMER_FEATURE_COLUMNS = (
 NIGHT_HOURS = (22, 23, 0, 1, 2, 3, 4, 5)
 
 # One independent random stream per generator, so changing one table never shifts another.
-_STREAMS = {"customers": 1, "features": 2, "transactions": 3, "products": 4, "demand": 5, "labels": 6}
+_STREAMS = {
+    "customers": 1,
+    "features": 2,
+    "transactions": 3,
+    "products": 4,
+    "demand": 5,
+    "labels": 6,
+    "sales": 7,
+}
 _DAY_US = 86_400_000_000
 _HOUR_US = 3_600_000_000
 _DEFAULT_FREQ_DAYS = 7
@@ -376,6 +384,47 @@ def generate_store_demand(n_stores: int, products: pd.DataFrame, seed: int) -> p
             "store_id": np.repeat(np.arange(1, n_stores + 1, dtype=np.int64), n_products),
             "product_id": np.tile(products["product_id"].to_numpy(np.int64), n_stores),
             "demand_multiplier": np.round(multiplier, 4).ravel(),
+        }
+    )
+
+
+def generate_sales_history(
+    store_demand: pd.DataFrame,
+    products: pd.DataFrame,
+    n_weeks: int,
+    seed: int,
+    start: str = "2024-01-01",
+    noise: float = 0.25,
+) -> pd.DataFrame:
+    """Weekly units sold per (``store_id``, ``product_id``, ``week_start``) over ``n_weeks`` from ``start``.
+
+    Units ~ Poisson(7 × ``base_daily_units`` × ``demand_multiplier`` × weekly noise), the noise log-normal
+    with mean 1 and log-scale ``noise``: a demand model can learn the expected units from the product and
+    store-demand features, and no more.
+    """
+    _check_columns(store_demand, ("store_id", "product_id", "demand_multiplier"), "store_demand")
+    _check_columns(products, ("product_id", "base_daily_units"), "products")
+    _check_count(n_weeks, "n_weeks")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 2:
+        raise ValueError(f"noise must be a number from 0 to 2, got {noise!r}")
+    first = _parse_start(start)
+    base = products.set_index("product_id")["base_daily_units"]
+    unknown = sorted(set(store_demand["product_id"]) - set(base.index))
+    if unknown:
+        raise ValueError(f"store_demand names product_id(s) {unknown[:10]} that are not in products")
+    rng = _rng(seed, "sales")
+    pairs = store_demand.sort_values(["store_id", "product_id"])
+    daily = base.loc[pairs["product_id"]].to_numpy(np.float64) * pairs["demand_multiplier"].to_numpy()
+    expected = 7.0 * daily
+    shocks = rng.lognormal(-(noise**2) / 2, noise, (len(pairs), n_weeks))
+    units = rng.poisson(expected[:, None] * shocks)
+    weeks = (first + (np.arange(n_weeks) * 7).astype("timedelta64[D]")).astype("datetime64[us]")
+    return pd.DataFrame(
+        {
+            "store_id": np.repeat(pairs["store_id"].to_numpy(np.int64), n_weeks),
+            "product_id": np.repeat(pairs["product_id"].to_numpy(np.int64), n_weeks),
+            "week_start": np.tile(weeks, len(pairs)),
+            "units_sold": units.ravel().astype(np.int64),
         }
     )
 

@@ -6,13 +6,14 @@ Notebooks call these functions and the real Databricks APIs; everything backend-
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import mlflow
 import pandas as pd
+import pyarrow as pa
 
-from helpers.config import Settings, get_settings
+from helpers.config import PROJECT_ROOT, Settings, get_settings
 
 EXPERIMENT_NAME = "serving-architectures"
 _current: Settings | None = None
@@ -77,6 +78,35 @@ def to_backend_df(df: pd.DataFrame) -> Any:
 
         return SparkSession.builder.getOrCreate().createDataFrame(df)
     return df
+
+
+def to_backend_schema(schema: pa.Schema) -> Any:
+    """A schema as the backend's ``create_table(schema=...)`` wants it: Spark on Databricks, Arrow locally."""
+    if current_settings().backend == "databricks":
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        return from_arrow_schema(schema)
+    return schema
+
+
+def notebook_task_path(relative: str) -> str:
+    """The ``notebook_path`` of a notebook task running this repository's ``relative`` notebook.
+
+    Locally the jobs service resolves repository-relative paths. On Databricks the repository is a Git
+    folder and a notebook task needs the absolute workspace path (``/Users/<you>/<repo>/notebooks/jobs/x``,
+    no ``/Workspace`` prefix, no ``.ipynb``).
+    """
+    path = PurePosixPath(relative)
+    if not relative or path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"relative must be a repository path like 'notebooks/jobs/x', got {relative!r}")
+    if path.suffix == ".ipynb":
+        path = path.with_suffix("")
+    if current_settings().backend == "databricks":
+        root = PurePosixPath(PROJECT_ROOT.as_posix())
+        if root.parts[:2] == ("/", "Workspace"):
+            root = PurePosixPath("/", *root.parts[2:])
+        return str(root / path)
+    return path.as_posix()
 
 
 def to_pandas(df: Any) -> pd.DataFrame:

@@ -1,27 +1,26 @@
-"""A real uvicorn server answering the Jobs API, for contract tests (``from jobs_server import serve_jobs``).
+"""The workspace server's app on a free loopback port, in a background thread, for the Jobs API tests.
 
-It mounts :mod:`helpers.local.server.jobs_api` in a minimal FastAPI app with the same error handler and
-bearer-token check as the workspace server, on a free loopback port, in a background thread.
+``from jobs_server import serve_jobs`` (``tests/`` is on ``sys.path`` through the root ``conftest.py``).
+Job notebook paths resolve inside ``notebooks_root`` (the fixture notebooks unless told otherwise).
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
 from databricks.sdk import WorkspaceClient
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
 
-from helpers.local.server import jobs_api
-from helpers.local.server.errors import ApiError, unauthenticated
+from helpers.local.server.app import create_app
+from helpers.local.server.jobs_api import NOTEBOOKS_ROOT_ENV
 
 FIXTURE_NOTEBOOKS = Path(__file__).resolve().parent / "fixtures" / "notebooks"
 
@@ -37,48 +36,43 @@ class JobsServer:
         return WorkspaceClient(host=self.url, token=self.token, auth_type="pat")
 
 
-def jobs_app(state_dir: Path, token: str, notebooks_root: Path, max_workers: int = 2) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        jobs_api.on_startup(state_dir, notebooks_root=notebooks_root, max_workers=max_workers)
-        yield
-        jobs_api.on_shutdown()
-
-    def bearer(request: Request) -> None:
-        if request.headers.get("authorization") != f"Bearer {token}":
-            raise unauthenticated("a valid bearer token is required")
-
-    app = FastAPI(lifespan=lifespan)
-
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    app.include_router(jobs_api.router, dependencies=[Depends(bearer)])
-    return app
-
-
 @contextmanager
-def serve_jobs(
-    state_dir: Path, notebooks_root: Path = FIXTURE_NOTEBOOKS, max_workers: int = 2
-) -> Iterator[JobsServer]:
-    """Serve the Jobs API until the block ends; shutting down runs the jobs service's shutdown hook."""
+def serve_jobs(state_dir: Path, notebooks_root: Path = FIXTURE_NOTEBOOKS) -> Iterator[JobsServer]:
+    """Serve until the block ends; stopping runs the app's shutdown (running notebooks are stopped).
+
+    While it runs, the process environment names ``state_dir`` (and its MLflow database) as the server's
+    own ``__main__`` does, so nothing is written outside ``state_dir``.
+    """
     token = secrets.token_hex(16)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    app = jobs_app(state_dir, token, notebooks_root, max_workers)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    mlflow_uri = f"sqlite:///{state_dir / 'mlflow.db'}"
+    # What `python -m helpers.local.server` sets for itself (and so for the job notebooks it starts).
+    environment = {
+        NOTEBOOKS_ROOT_ENV: str(notebooks_root),
+        "HELPERS_STATE_DIR": str(state_dir),
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "MLFLOW_REGISTRY_URI": mlflow_uri,
+    }
+    previous = {name: os.environ.get(name) for name in environment}
+    os.environ.update(environment)
+    server = uvicorn.Server(uvicorn.Config(create_app(state_dir, token), log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the jobs test server did not start")
-        time.sleep(0.02)
     try:
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the workspace test server did not start")
+            time.sleep(0.02)
         yield JobsServer(f"http://127.0.0.1:{port}", token, state_dir, notebooks_root)
     finally:
         server.should_exit = True
         thread.join(timeout=60)
         sock.close()
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -275,3 +275,69 @@ def _features(n: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
 def test_bad_arguments_raise_value_error_naming_the_argument(call, argument: str) -> None:
     with pytest.raises(ValueError, match=argument):
         call()
+
+
+def test_sales_history_is_weekly_deterministic_and_keyed(demo: data.DemoData) -> None:
+    sales = data.generate_sales_history(demo.store_demand, demo.products, n_weeks=6, seed=SEED)
+    again = data.generate_sales_history(demo.store_demand, demo.products, n_weeks=6, seed=SEED)
+    pd.testing.assert_frame_equal(sales, again)
+    assert not sales.equals(data.generate_sales_history(demo.store_demand, demo.products, 6, seed=SEED + 1))
+    assert {c: str(t) for c, t in sales.dtypes.items()} == {
+        "store_id": "int64",
+        "product_id": "int64",
+        "week_start": "datetime64[us]",
+        "units_sold": "int64",
+    }
+    assert len(sales) == len(demo.store_demand) * 6
+    assert not sales.duplicated(["store_id", "product_id", "week_start"]).any()
+    assert sorted(sales.week_start.unique()) == list(pd.date_range("2024-01-01", periods=6, freq="7D"))
+    assert (sales.units_sold >= 0).all()
+
+
+def test_sales_history_centres_on_seven_days_of_base_demand(demo: data.DemoData) -> None:
+    sales = data.generate_sales_history(demo.store_demand, demo.products, n_weeks=300, seed=SEED)
+    mean = sales.groupby(["store_id", "product_id"]).units_sold.mean()
+    expected = demo.store_demand.merge(demo.products, on="product_id").set_index(["store_id", "product_id"])
+    expected = 7 * expected.base_daily_units * expected.demand_multiplier
+    ratio = mean / expected.loc[mean.index]
+    assert ratio.between(0.9, 1.1).all(), ratio.describe()
+    # Weekly noise on top of Poisson: more spread than Poisson alone, as real sales have.
+    dispersion = sales.groupby(["store_id", "product_id"]).units_sold.var() / mean
+    assert dispersion.median() > 2
+
+
+def test_sales_history_without_noise_is_poisson(demo: data.DemoData) -> None:
+    sales = data.generate_sales_history(demo.store_demand, demo.products, n_weeks=300, seed=SEED, noise=0)
+    grouped = sales.groupby(["store_id", "product_id"]).units_sold
+    assert (grouped.var() / grouped.mean()).median() == pytest.approx(1, abs=0.15)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"n_weeks": 0}, "n_weeks"),
+        ({"noise": -0.1}, "noise"),
+        ({"start": "2024-01-01 12:00"}, "start"),
+        (
+            {
+                "store_demand": pd.DataFrame(
+                    {"store_id": [1], "product_id": [999], "demand_multiplier": [1.0]}
+                )
+            },
+            "product_id",
+        ),
+        ({"store_demand": pd.DataFrame({"store_id": [1]})}, "store_demand"),
+        ({"products": pd.DataFrame({"product_id": [1]})}, "products"),
+    ],
+)
+def test_sales_history_bad_arguments_name_the_argument(kwargs: dict, argument: str) -> None:
+    products = data.generate_products(5, seed=1)
+    arguments = {
+        "store_demand": data.generate_store_demand(2, products, seed=1),
+        "products": products,
+        "n_weeks": 4,
+        "seed": 1,
+        **kwargs,
+    }
+    with pytest.raises(ValueError, match=argument):
+        data.generate_sales_history(**arguments)

@@ -93,10 +93,10 @@ class LocalFeatureEngineeringClient(OnlinePublishingMixin):
     ):
         """Create a Delta feature table with primary keys (and an optional time-series column)."""
         keys = _as_list(primary_keys)
-        if not keys:
-            raise ValueError("primary_keys must name at least one column")
-        if timeseries_column in keys:
-            raise ValueError(f"timeseries_column {timeseries_column!r} must not also be a primary key")
+        if timeseries_column is not None and timeseries_column not in keys:
+            keys.append(timeseries_column)  # Databricks: the timeseries column is part of the primary keys
+        if not [k for k in keys if k != timeseries_column]:
+            raise ValueError("primary_keys must name at least one column besides the timeseries_column")
         data = None if df is None else to_arrow(df)
         meta = TableMeta(
             name, keys, timeseries_column, _as_list(partition_columns), description, dict(tags or {})

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -266,7 +266,7 @@ def run_notebook(
     env: dict[str, str],
     deadline: tuple[float, int] | None,
     control: RunControl,
-    on_start: Any,
+    on_start: Callable[[int, float], None],
     python: str = sys.executable,
     kernel_name: str = "python3",
 ) -> NotebookResult:

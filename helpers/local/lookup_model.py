@@ -54,7 +54,7 @@ class OnlineFirstReader:
             table = self._tables.read(table_name)
             if meta.timeseries_column:
                 table = table.sort_by([(meta.timeseries_column, "ascending")])
-            keys = zip(*(pc.cast(table[k], "string").to_pylist() for k in meta.primary_keys))
+            keys = zip(*(pc.cast(table[k], "string").to_pylist() for k in meta.entity_keys))
             rows = dict(zip(keys, table.to_pylist()))  # later rows (newer snapshots) win
             cached = (version, rows)
             self._offline[table_name] = cached

@@ -80,25 +80,25 @@ def join_features(
     con = duckdb.connect()
     for lookup in spec.lookups:
         meta = tables.meta(lookup.table_name)
-        if len(lookup.lookup_key) != len(meta.primary_keys):
+        if len(lookup.lookup_key) != len(meta.entity_keys):
             raise ValueError(
-                f"lookup_key {lookup.lookup_key} must have one column per primary key {meta.primary_keys} "
+                f"lookup_key {lookup.lookup_key} must have one column per primary key {meta.entity_keys} "
                 f"of {lookup.table_name}"
             )
         ts_col = meta.timeseries_column
         if lookup.timestamp_lookup_key and lookup.timestamp_lookup_key not in left.column_names:
             raise ValueError(f"df is missing timestamp_lookup_key column {lookup.timestamp_lookup_key!r}")
         wanted = list(
-            dict.fromkeys([*meta.primary_keys, *([ts_col] if ts_col else []), *lookup.feature_names])
+            dict.fromkeys([*meta.key_columns, *lookup.feature_names])
         )
         right = tables.read(lookup.table_name).select(wanted)
-        left = _align_key_types(left, lookup, right.schema, meta.primary_keys)
+        left = _align_key_types(left, lookup, right.schema, meta.entity_keys)
         if ts_col and lookup.timestamp_lookup_key:
             tlk = lookup.timestamp_lookup_key
             target = right.schema.field(ts_col).type
             if left[tlk].type != target:
                 left = left.set_column(left.schema.get_field_index(tlk), tlk, left[tlk].cast(target))
-        sql, params = _lookup_sql(lookup, meta.primary_keys, ts_col, set(left.column_names))
+        sql, params = _lookup_sql(lookup, meta.entity_keys, ts_col, set(left.column_names))
         con.register("l", left)
         con.register("r", right)
         left = con.sql(sql, params=params).to_arrow_table()

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
@@ -175,7 +175,7 @@ def _key_for(value: Any, kind: str) -> Any:
         if kind == "timestamp":
             stamp = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
             if stamp.tzinfo is not None:
-                stamp = stamp.astimezone(timezone.utc).replace(tzinfo=None)
+                stamp = stamp.astimezone(UTC).replace(tzinfo=None)
             return stamp.isoformat(timespec="microseconds")
         if kind == "date":
             return (value if isinstance(value, date) else date.fromisoformat(str(value))).isoformat()
@@ -288,13 +288,6 @@ class OnlineStore:
         finally:
             conn.close()
 
-    def published(self, source_table_name: str) -> PublishedTableInfo | None:
-        conn = self._connect()
-        try:
-            return _fetch_entry(conn, "source_table_name", source_table_name)
-        finally:
-            conn.close()
-
     # writes
     def publish(
         self,
@@ -354,13 +347,14 @@ class OnlineStore:
                 "publish it under that online_table_name"
             )
         schema = tables.schema(source)
+        keys = meta.entity_keys
         kinds = {f.name: _kind(f.type) for f in schema}
-        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
         replayable = (
             previous is not None
             and not snapshot
             and previous.columns == kinds
-            and previous.primary_keys == meta.primary_keys
+            and previous.primary_keys == keys
             and previous.timeseries_column == meta.timeseries_column
             and _feed_replays(tables, source, previous.delta_version, version)
         )
@@ -373,10 +367,8 @@ class OnlineStore:
             )  # type: ignore[union-attr]
         else:
             mode = "snapshot"
-            data = latest_per_key(
-                tables.read(source, version=version), meta.primary_keys, meta.timeseries_column
-            )
-            written = _replace_table(conn, online_table_name, data, kinds, meta.primary_keys)
+            data = latest_per_key(tables.read(source, version=version), keys, meta.timeseries_column)
+            written = _replace_table(conn, online_table_name, data, kinds, keys)
         row_count = conn.execute(f"SELECT count(*) FROM {_q(online_table_name)}").fetchone()[0]
         conn.execute(
             f"INSERT OR REPLACE INTO _published ({_REGISTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -384,7 +376,7 @@ class OnlineStore:
                 source,
                 online_table_name,
                 online_store if online_store is not None else (previous.online_store if previous else None),
-                json.dumps(meta.primary_keys),
+                json.dumps(keys),
                 meta.timeseries_column,
                 json.dumps(kinds),
                 version,
@@ -510,7 +502,7 @@ def _upsert_changes(
     changes = tables.changes_since(meta.name, since)
     if changes.num_rows == 0:
         return 0
-    pks = meta.primary_keys
+    pks = meta.entity_keys
     current = tables.read(meta.name, version=version)
     changed_keys = changes.select(pks).group_by(pks).aggregate([])
     if len(pks) == 1:

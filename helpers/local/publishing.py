@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -64,10 +64,10 @@ def _lookup_spec(lookup: Any, where: str, tables: DeltaTables) -> LookupSpec:
         raise ValueError(f"{where}.table_name: feature table {table_name} does not exist") from None
     columns = tables.schema(table_name).names
     keys = _as_list(lookup.lookup_key)
-    if len(keys) != len(meta.primary_keys):
+    primary_keys = meta.entity_keys
+    if len(keys) != len(primary_keys):
         raise ValueError(
-            f"{where}.lookup_key {keys} must name one column per primary key {meta.primary_keys} "
-            f"of {table_name}"
+            f"{where}.lookup_key {keys} must name one column per primary key {primary_keys} of {table_name}"
         )
     non_key = [c for c in columns if c not in meta.key_columns]
     features = _as_list(lookup.feature_names) or non_key
@@ -195,7 +195,7 @@ class OnlinePublishingMixin:
             "read_replica_count": read_replica_count or 0,
             "usage_policy_id": usage_policy_id,
             "creator": getpass.getuser(),
-            "creation_time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "creation_time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         self._online_store.save_store(name, spec)
         return DatabricksOnlineStore(**spec, state=DatabricksOnlineStore.State.AVAILABLE)

@@ -38,8 +38,14 @@ class TableMeta:
 
     @property
     def key_columns(self) -> list[str]:
-        """Columns that identify a row: the primary keys plus the timeseries column, if any."""
-        return self.primary_keys + ([self.timeseries_column] if self.timeseries_column else [])
+        """Columns that identify a row: the primary keys, which include the timeseries column, if any."""
+        extra = [self.timeseries_column] if self.timeseries_column not in (None, *self.primary_keys) else []
+        return self.primary_keys + extra
+
+    @property
+    def entity_keys(self) -> list[str]:
+        """The keys a lookup gives: the primary keys without the timeseries column."""
+        return [k for k in self.primary_keys if k != self.timeseries_column]
 
 
 class DeltaTables:

@@ -14,7 +14,12 @@ from urllib.parse import urlparse
 import psutil
 import pytest
 from databricks.sdk import WorkspaceClient
-from databricks.sdk.errors import InvalidParameterValue, OperationFailed, ResourceDoesNotExist
+from databricks.sdk.errors import (
+    InvalidParameterValue,
+    OperationFailed,
+    ResourceDoesNotExist,
+    Unauthenticated,
+)
 from databricks.sdk.service import jobs
 from jobs_server import JobsServer, serve_jobs
 
@@ -94,6 +99,12 @@ def test_jobs_are_created_read_listed_and_deleted(w: WorkspaceClient) -> None:
     with pytest.raises(ResourceDoesNotExist, match=f"Job {first} does not exist"):
         w.jobs.get(first)
     assert first not in [j.job_id for j in w.jobs.list()]
+
+
+def test_jobs_routes_need_the_bearer_token(server: JobsServer) -> None:
+    stranger = WorkspaceClient(host=server.url, token="not-the-token", auth_type="pat")
+    with pytest.raises(Unauthenticated):
+        list(stranger.jobs.list())
 
 
 @pytest.mark.parametrize(

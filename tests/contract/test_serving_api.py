@@ -44,6 +44,7 @@ from helpers.local.tables import DeltaTables, TableMeta
 
 MODEL = "main.default.tiny_model"
 SPEC = "main.default.customer_features"
+UNPUBLISHED_SPEC = "main.default.store_features"
 CUSTOMERS = "main.default.customers"
 X = pd.DataFrame({"x1": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "x2": [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]})
 Y = [0, 0, 0, 1, 1, 1]
@@ -97,6 +98,13 @@ def _publish_features(state_dir: Path) -> None:
                 udf_name="main.default.is_senior", input_bindings={"age": "age"}, output_name="senior"
             ),
         ],
+    )
+    fe._tables.create(
+        TableMeta("main.default.stores", ["store_id"]), pa.table({"store_id": [1], "size": [9]}), None
+    )
+    fe.create_feature_spec(
+        name=UNPUBLISHED_SPEC,
+        features=[FeatureLookup(table_name="main.default.stores", lookup_key="store_id")],
     )
 
 
@@ -271,7 +279,25 @@ def test_feature_spec_endpoint_answers_like_feature_serving(workspace: Workspace
     assert [row["segment"] for row in split.outputs] == ["new", "regular"]
     columns = w.serving_endpoints.query("customer-features", inputs={"customer_id": [2, 1]})
     assert [row["age"] for row in columns.outputs] == [41, 25]
+    instances = w.serving_endpoints.query("customer-features", instances=[{"customer_id": 1}])
+    assert instances.outputs == [{"customer_id": 1, "age": 25, "segment": "new", "senior": False}]
+    with pytest.raises(BadRequest, match="customer_id"):
+        w.serving_endpoints.query("customer-features", dataframe_records=[{"id": 1}])
     w.serving_endpoints.delete("customer-features")
+
+
+def test_a_spec_over_an_unpublished_table_says_so(workspace: Workspace) -> None:
+    w = workspace.client()
+    entity = ServedEntityInput(
+        entity_name=UNPUBLISHED_SPEC, workload_size="Small", scale_to_zero_enabled=True
+    )
+    w.serving_endpoints.create_and_wait(
+        name="store-features", config=EndpointCoreConfigInput(name="store-features", served_entities=[entity])
+    )
+
+    with pytest.raises(BadRequest, match="main.default.stores is not published"):
+        w.serving_endpoints.query("store-features", dataframe_records=[{"store_id": 1}])
+    w.serving_endpoints.delete("store-features")
 
 
 def test_errors_come_back_as_databricks_errors(workspace: Workspace) -> None:

@@ -34,9 +34,10 @@ def snapshots() -> pd.DataFrame:
 
 
 def test_create_read_get_drop(fe) -> None:
+    # As on Databricks the timeseries column belongs to the primary keys; it is added when left out.
     fe.create_table(name="main.s.cf", primary_keys="customer_id", timeseries_column="as_of", df=snapshots())
     table = fe.get_table(name="main.s.cf")
-    assert table.primary_keys == ["customer_id"] and table.timestamp_keys == ["as_of"]
+    assert table.primary_keys == ["customer_id", "as_of"] and table.timestamp_keys == ["as_of"]
     assert table.features == ["spend"]
     assert len(fe.read_table(name="main.s.cf")) == 4
     fe.drop_table(name="main.s.cf")
@@ -71,7 +72,9 @@ def test_bad_writes_are_refused_and_leave_the_table_intact(fe) -> None:
 
 
 def test_point_in_time_lookup_never_sees_the_future(fe) -> None:
-    fe.create_table(name="main.s.cf", primary_keys="customer_id", timeseries_column="as_of", df=snapshots())
+    fe.create_table(
+        name="main.s.cf", primary_keys=["customer_id", "as_of"], timeseries_column="as_of", df=snapshots()
+    )
     labels = pd.DataFrame(
         {
             "customer_id": [1, 1, 1, 1, 2, 3],
@@ -100,7 +103,9 @@ def test_point_in_time_lookup_never_sees_the_future(fe) -> None:
 
 
 def test_lookback_window_and_latest_without_timestamp(fe) -> None:
-    fe.create_table(name="main.s.cf", primary_keys="customer_id", timeseries_column="as_of", df=snapshots())
+    fe.create_table(
+        name="main.s.cf", primary_keys=["customer_id", "as_of"], timeseries_column="as_of", df=snapshots()
+    )
     labels = pd.DataFrame({"customer_id": [1, 2], "ts": [T("2025-01-20"), T("2025-01-20")], "label": [0, 1]})
     windowed = FeatureLookup(
         table_name="main.s.cf",
@@ -155,7 +160,9 @@ def test_lookup_options_and_feature_functions(fe) -> None:
 
 
 def test_bad_lookups_name_the_problem(fe) -> None:
-    fe.create_table(name="main.s.cf", primary_keys="customer_id", timeseries_column="as_of", df=snapshots())
+    fe.create_table(
+        name="main.s.cf", primary_keys=["customer_id", "as_of"], timeseries_column="as_of", df=snapshots()
+    )
     labels = pd.DataFrame({"cid": [1], "label": [1]})
     with pytest.raises(ValueError, match="customer_id"):
         fe.create_training_set(
@@ -174,7 +181,9 @@ def test_bad_lookups_name_the_problem(fe) -> None:
 
 
 def test_logged_model_looks_its_features_up(fe) -> None:
-    fe.create_table(name="main.s.cf", primary_keys="customer_id", timeseries_column="as_of", df=snapshots())
+    fe.create_table(
+        name="main.s.cf", primary_keys=["customer_id", "as_of"], timeseries_column="as_of", df=snapshots()
+    )
     labels = pd.DataFrame(
         {
             "customer_id": [1, 1, 2, 2, 1, 2],

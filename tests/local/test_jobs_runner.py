@@ -186,8 +186,9 @@ def test_ids_are_large_increasing_and_survive_a_reopen(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def local_jobs(state_dir: Path) -> Iterator[LocalJobs]:
-    service = LocalJobs(state_dir, notebooks_root=FIXTURE_NOTEBOOKS, max_workers=1)
+def local_jobs(state_dir: Path, tmp_path: Path) -> Iterator[LocalJobs]:
+    # Not the HELPERS_STATE_DIR of this process: job notebooks must get the service's own state dir.
+    service = LocalJobs(tmp_path / "server-state", notebooks_root=FIXTURE_NOTEBOOKS, max_workers=1)
     yield service
     service.shutdown()
 
@@ -262,9 +263,7 @@ def test_a_failed_task_skips_its_dependents(local_jobs: LocalJobs) -> None:
     assert run.state.state_message.startswith("Task score failed with message: Unable to access the notebook")
 
 
-def test_queued_runs_can_be_canceled_and_a_limit_of_zero_skips(
-    local_jobs: LocalJobs, state_dir: Path
-) -> None:
+def test_queued_runs_can_be_canceled_and_a_limit_of_zero_skips(local_jobs: LocalJobs) -> None:
     job = local_jobs.create_job({"name": "busy", "tasks": [notebook_task("a")], "queue": {"enabled": True}})
     # Occupy the job's only slot with a run record, as if a notebook were executing.
     busy = local_jobs.store.insert_run(
@@ -296,7 +295,7 @@ def test_queued_runs_can_be_canceled_and_a_limit_of_zero_skips(
     assert local_jobs.run_now(never.job_id).state.result_state == "MAXIMUM_CONCURRENT_RUNS_REACHED"
 
     local_jobs.shutdown()  # the service stops with a run still active: it is closed, durably
-    store = JobStore(state_dir / "workspace.db")
+    store = JobStore(local_jobs.state_dir / "workspace.db")
     closed = store.get_run(busy.run_id)
     assert closed.state == State.internal_error(SERVER_STOPPED)
     assert closed.tasks[0].state.life_cycle_state == "INTERNAL_ERROR"
@@ -314,7 +313,6 @@ def test_legacy_notebook_params_and_non_identifier_names_reach_the_notebook(loca
     task, _ = local_jobs.get_output(done.tasks[0].run_id)
     echoed = json.loads(task.exit_value)
     assert echoed["greeting"] == "legacy"  # notebook_params override base_parameters
-    assert echoed["parameters"] == {
-        "greeting": "legacy",
-        "shelf-count": "3",
-    }  # not a variable, still a parameter
+    # "shelf-count" cannot be a Python variable, but job_parameters() still has it
+    assert echoed["parameters"] == {"greeting": "legacy", "shelf-count": "3"}
+    assert echoed["state_dir"] == str(local_jobs.state_dir)

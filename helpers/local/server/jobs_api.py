@@ -8,6 +8,7 @@ The handlers parse requests by hand so every bad input gets Databricks' error bo
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,14 +24,20 @@ from helpers.local.server.errors import ApiError, bad_request
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+NOTEBOOKS_ROOT_ENV = "HELPERS_JOBS_NOTEBOOKS_ROOT"
 _jobs: LocalJobs | None = None
 
 
 def on_startup(state_dir: Path, *, notebooks_root: Path | None = None, max_workers: int = 2) -> None:
-    """Open the job store, close runs a dead server left active, start the runner threads."""
+    """Open the job store, close runs a dead server left active, start the runner threads.
+
+    Notebook tasks resolve inside ``notebooks_root``: by default ``$HELPERS_JOBS_NOTEBOOKS_ROOT`` if set
+    (tests point it at fixture notebooks), else the project's ``notebooks/``.
+    """
     global _jobs
     on_shutdown()
-    _jobs = LocalJobs(state_dir, notebooks_root=notebooks_root, max_workers=max_workers)
+    root = notebooks_root or os.environ.get(NOTEBOOKS_ROOT_ENV) or None
+    _jobs = LocalJobs(state_dir, notebooks_root=Path(root) if root else None, max_workers=max_workers)
     closed = _jobs.recover()
     if closed:
         log.warning("closed %d job run(s) left active by a stopped server: %s", len(closed), closed)

@@ -356,13 +356,16 @@ class EndpointRegistry:
         )
         self._lock = threading.RLock()
         self._endpoints: dict[str, Endpoint] = {}
-        self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="entity-loader")
+        self._closed = False
+        # One loader thread: loads queue up, and MLflow is never imported by two threads at once (it breaks).
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="entity-loader")
         self._store = OnlineStore(self._state_dir)
         self._functions = FunctionRegistry(self._state_dir)
 
     # lifecycle
     def start(self) -> None:
         """Reload persisted endpoints and redeploy their configurations in the background."""
+        self._loader.submit(_warm_up_mlflow)
         with self._lock:
             for (text,) in self._db.execute("SELECT doc FROM serving_endpoints ORDER BY name"):
                 endpoint = Endpoint.from_doc(text)
@@ -376,6 +379,7 @@ class EndpointRegistry:
     def close(self) -> None:
         self._loader.shutdown(wait=False, cancel_futures=True)
         with self._lock:
+            self._closed = True
             self._db.close()
 
     # REST operations
@@ -480,12 +484,9 @@ class EndpointRegistry:
         """A request that arrives while the endpoint (re)starts waits for it, as a scaled-to-zero one does."""
         starting = endpoint.starting
         if starting is not None:
-            try:
-                await asyncio.wait_for(asyncio.wrap_future(starting), STARTUP_WAIT_SECONDS)
-            except asyncio.TimeoutError:
-                raise ApiError(
-                    503, "TEMPORARILY_UNAVAILABLE", f"Endpoint {endpoint.name} is starting."
-                ) from None
+            done, _ = await asyncio.wait({asyncio.wrap_future(starting)}, timeout=STARTUP_WAIT_SECONDS)
+            if not done:
+                raise ApiError(503, "TEMPORARILY_UNAVAILABLE", f"Endpoint {endpoint.name} is still starting.")
         if endpoint.router is not None:
             return endpoint.router
         if endpoint.config_update == "IN_PROGRESS":
@@ -596,8 +597,8 @@ class EndpointRegistry:
                 else:
                     entity.deployment, entity.deployment_state_message = "DEPLOYMENT_READY", ""
             endpoint = self._endpoints.get(name)
-            if endpoint is None:
-                return  # deleted while loading
+            if endpoint is None or self._closed:
+                return  # deleted while loading, or the server is stopping
             router = None if failures else Router(config, predictors)
             if endpoint.pending_config is config:
                 if router is None:
@@ -613,6 +614,17 @@ class EndpointRegistry:
             self._persist(endpoint)
 
     def _load_entity(self, entity: ServedEntity) -> Predictor:
+        started = time.perf_counter()
+        predictor = self._open_entity(entity)
+        log.info(
+            "loaded %s version %s in %.1f s",
+            entity.entity_name,
+            entity.entity_version,
+            time.perf_counter() - started,
+        )
+        return predictor
+
+    def _open_entity(self, entity: ServedEntity) -> Predictor:
         if entity.entity_version is None:
             spec = load_feature_spec(self._state_dir, entity.entity_name)
             return FeatureSpecPredictor(spec, self._store, self._functions)
@@ -620,6 +632,17 @@ class EndpointRegistry:
 
         uri = f"models:/{entity.entity_name}/{entity.entity_version}"
         return ModelPredictor(mlflow.pyfunc.load_model(uri))
+
+
+def _warm_up_mlflow() -> None:
+    """Import MLflow and open its registry once, so the first endpoint does not pay for it (seconds)."""
+    try:
+        import mlflow
+        import mlflow.pyfunc.scoring_server  # noqa: F401 - the request parser ModelPredictor uses
+
+        mlflow.MlflowClient().search_registered_models(max_results=1)
+    except Exception:  # a registry problem shows up, with its message, when a model is loaded
+        log.warning("MLflow warm-up failed", exc_info=True)
 
 
 def _parse_routes(traffic: Any, names: list[str], where: str) -> list[tuple[str, int]]:

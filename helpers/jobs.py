@@ -1,0 +1,211 @@
+"""The client side of an asynchronous job: define it once, start runs, wait for them, read how they ended.
+
+Only ``databricks.sdk`` calls, so the same code drives the real Jobs API and the local workspace server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from databricks.sdk import WorkspaceClient
+from databricks.sdk.service.jobs import (
+    JobParameterDefinition,
+    JobSettings,
+    NotebookTask,
+    QueueSettings,
+    Run,
+    RunLifeCycleState,
+    RunResultState,
+    Source,
+    Task,
+)
+
+from helpers import platform
+from helpers.names import validate_identifier
+
+SETTINGS_TAG = "settings_fingerprint"
+# How far a run has come, for the progress bar: queued, pending (compute starting), running, done.
+_STAGE = {
+    RunLifeCycleState.QUEUED: 0,
+    RunLifeCycleState.BLOCKED: 0,
+    RunLifeCycleState.WAITING_FOR_RETRY: 0,
+    RunLifeCycleState.PENDING: 1,
+    RunLifeCycleState.RUNNING: 2,
+    RunLifeCycleState.TERMINATING: 2,
+}
+_DONE = 3
+_TERMINAL = {RunLifeCycleState.TERMINATED, RunLifeCycleState.SKIPPED, RunLifeCycleState.INTERNAL_ERROR}
+
+
+def job_notebook_path(name: str) -> str:
+    """The notebook task path of ``notebooks/jobs/<name>`` on this backend (see ``platform``)."""
+    validate_identifier(name, "job notebook name")
+    return platform.notebook_task_path(f"notebooks/jobs/{name}")
+
+
+def create_or_update_job(
+    w: WorkspaceClient,
+    name: str,
+    notebook_path: str,
+    parameters: Mapping[str, str],
+    *,
+    description: str | None = None,
+    max_concurrent_runs: int = 10,
+    timeout_seconds: int = 3600,
+    task_key: str = "main",
+) -> int:
+    """The id of the one-notebook job called ``name``: created, reused as is, or reset to these settings.
+
+    ``parameters`` are the job parameters and their defaults (``{{job.run_id}}`` and other dynamic value
+    references are resolved when a run starts). Runs beyond ``max_concurrent_runs`` wait in the queue.
+    A tag holds a fingerprint of the settings, so an unchanged job is found without rewriting it.
+    """
+    settings: dict[str, Any] = {
+        "name": name,
+        "description": description,
+        "tasks": [
+            Task(
+                task_key=task_key,
+                notebook_task=NotebookTask(notebook_path=notebook_path, source=Source.WORKSPACE),
+                timeout_seconds=timeout_seconds,
+            )
+        ],
+        "parameters": [JobParameterDefinition(name=k, default=str(v)) for k, v in parameters.items()],
+        "max_concurrent_runs": max_concurrent_runs,
+        "timeout_seconds": timeout_seconds,
+        "queue": QueueSettings(enabled=True),
+    }
+    fingerprint = hashlib.sha256(
+        json.dumps(JobSettings(**settings).as_dict(), sort_keys=True).encode()
+    ).hexdigest()[:16]
+    settings["tags"] = {SETTINGS_TAG: fingerprint}
+    found = [job for job in w.jobs.list(name=name) if job.settings and job.settings.name == name]
+    if len(found) > 1:
+        ids = sorted(job.job_id for job in found if job.job_id is not None)
+        raise ValueError(f"{len(found)} jobs are named {name!r} (ids {ids}); delete the extra ones")
+    if not found:
+        job_id = w.jobs.create(**settings).job_id
+        print(f"created job {name!r} (job_id {job_id})")
+        return int(job_id)
+    job_id = int(found[0].job_id)
+    tags = w.jobs.get(job_id).settings.tags or {}
+    if tags.get(SETTINGS_TAG) == fingerprint:
+        print(f"found job {name!r} (job_id {job_id}), settings unchanged")
+    else:
+        w.jobs.reset(job_id, new_settings=JobSettings(**settings))
+        print(f"updated job {name!r} (job_id {job_id}) to the new settings")
+    return job_id
+
+
+def wait_for_runs(
+    w: WorkspaceClient,
+    run_ids: Sequence[int],
+    timeout: timedelta = timedelta(minutes=20),
+    *,
+    max_poll_seconds: float = 2.0,
+    progress: bool = True,
+) -> list[Run]:
+    """Poll until every run is terminal and return them (in ``run_ids`` order), with a progress bar.
+
+    Polls back off from 0.25 s to ``max_poll_seconds``. A run that failed is returned like one that
+    succeeded: look at ``run.state``. Raises TimeoutError naming the runs still active after ``timeout``
+    (they keep running; cancel them if you must).
+    """
+    from tqdm import tqdm
+
+    ids = [int(r) for r in run_ids]
+    if not ids:
+        raise ValueError("run_ids must name at least one run")
+    if timeout <= timedelta(0):
+        raise ValueError(f"timeout must be positive, got {timeout}")
+    deadline = time.monotonic() + timeout.total_seconds()
+    delay = 0.25
+    bar = tqdm(
+        total=_DONE * len(ids),
+        disable=not progress,
+        file=sys.stdout,  # a plain text bar: it also reads well in an executed notebook
+        bar_format="{desc} |{bar}| {n}/{total} stages [{elapsed}]",
+    )
+    try:
+        while True:
+            runs = [w.jobs.get_run(run_id) for run_id in ids]
+            states = [run.state.life_cycle_state if run.state else None for run in runs]
+            stage = sum(_DONE if s in _TERMINAL else _STAGE.get(s, 0) for s in states)
+            bar.set_description_str(_describe(ids, states))
+            bar.update(stage - bar.n)
+            if all(s in _TERMINAL for s in states):
+                return runs
+            if time.monotonic() >= deadline:
+                active = {
+                    i: s.value if s else "UNKNOWN"
+                    for i, s in zip(ids, states, strict=True)
+                    if s not in _TERMINAL
+                }
+                raise TimeoutError(
+                    f"run(s) {active} still active after {timeout}; they keep running "
+                    "(w.jobs.cancel_run(run_id) stops one)"
+                )
+            time.sleep(delay)
+            delay = min(max_poll_seconds, delay * 1.5)
+    finally:
+        bar.close()
+
+
+def wait_for_run(w: WorkspaceClient, run_id: int, timeout: timedelta = timedelta(minutes=20)) -> Run:
+    """Poll one run until it is terminal (see ``wait_for_runs``)."""
+    return wait_for_runs(w, [run_id], timeout)[0]
+
+
+def _describe(ids: list[int], states: list[RunLifeCycleState | None]) -> str:
+    if len(ids) == 1:
+        return f"run {ids[0]}: {states[0].value if states[0] else '?'}"
+    counts: dict[str, int] = {}
+    for state in states:
+        key = state.value if state else "?"
+        counts[key] = counts.get(key, 0) + 1
+    return f"{len(ids)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def succeeded(run: Run) -> bool:
+    return bool(run.state and run.state.result_state == RunResultState.SUCCESS)
+
+
+def run_output(w: WorkspaceClient, run: Run) -> str | None:
+    """The notebook's exit value (``dbutils.notebook.exit``) of a one-task run, if it set one."""
+    output = w.jobs.get_run_output(_task_run_id(run))
+    return output.notebook_output.result if output.notebook_output else None
+
+
+def run_error(w: WorkspaceClient, run: Run) -> str | None:
+    """Why a run did not succeed: its state message and the task's error; ``None`` if it succeeded."""
+    if succeeded(run):
+        return None
+    message = run.state.state_message if run.state else ""
+    output = w.jobs.get_run_output(_task_run_id(run))
+    if output.error and output.error not in (message or ""):
+        message = f"{message} ({output.error})" if message else output.error
+    return message or "the run did not succeed and gave no reason"
+
+
+def run_timings(run: Run) -> dict[str, float]:
+    """Where a finished one-task run spent its time, in seconds (as the Jobs API reports it)."""
+    task = (run.tasks or [None])[0]
+    return {
+        "queued": (run.queue_duration or 0) / 1000,
+        "setup (compute + kernel start)": ((task.setup_duration if task else 0) or 0) / 1000,
+        "notebook execution": ((task.execution_duration if task else 0) or 0) / 1000,
+        "cleanup": ((task.cleanup_duration if task else 0) or 0) / 1000,
+        "run total": ((run.end_time or 0) - (run.start_time or 0)) / 1000,
+    }
+
+
+def _task_run_id(run: Run) -> int:
+    if not run.tasks or len(run.tasks) != 1:
+        raise ValueError(f"run {run.run_id} has {len(run.tasks or [])} tasks; these helpers expect one")
+    return int(run.tasks[0].run_id)

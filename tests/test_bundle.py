@@ -1,0 +1,62 @@
+"""databricks.yml: its jobs run notebooks that exist, with parameters those notebooks declare."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import papermill
+import pytest
+import yaml
+
+from helpers.config import PROJECT_ROOT
+
+BUNDLE = yaml.safe_load((PROJECT_ROOT / "databricks.yml").read_text())
+JOBS = BUNDLE["resources"]["jobs"]
+TASKS = [(name, task) for name, job in JOBS.items() for task in job["tasks"]]
+
+
+def _notebook(task: dict[str, Any]) -> Path:
+    return (PROJECT_ROOT / task["notebook_task"]["notebook_path"]).resolve()
+
+
+def test_the_bundle_defines_the_shelf_job_for_dev_and_prod() -> None:
+    assert "shelf_layout_optimization" in JOBS
+    assert {"dev", "prod"} <= set(BUNDLE["targets"])
+    assert [t for t, spec in BUNDLE["targets"].items() if spec.get("default")] == ["dev"]
+
+
+@pytest.mark.parametrize(("job", "task"), TASKS, ids=[f"{j}.{t['task_key']}" for j, t in TASKS])
+def test_tasks_name_notebooks_that_exist_in_the_repository(job: str, task: dict[str, Any]) -> None:
+    path = _notebook(task)
+    assert path.is_relative_to(PROJECT_ROOT), path
+    assert path.suffix == ".ipynb" and path.is_file(), f"{job}: {path} does not exist"
+    clusters = {c["job_cluster_key"] for c in JOBS[job].get("job_clusters", [])}
+    assert task.get("job_cluster_key") in clusters | {None}
+
+
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_job_parameters_are_parameters_the_notebook_declares(job: str) -> None:
+    declared = {
+        name for task in JOBS[job]["tasks"] for name in papermill.inspect_notebook(str(_notebook(task)))
+    }
+    names = [p["name"] for p in JOBS[job]["parameters"]]
+    assert len(names) == len(set(names)), "duplicate job parameters"
+    assert set(names) <= declared, f"not declared by the notebook: {sorted(set(names) - declared)}"
+    assert all(isinstance(p["default"], str) for p in JOBS[job]["parameters"]), "job parameters are strings"
+
+
+def test_the_shelf_job_writes_under_its_own_run_id() -> None:
+    parameters = {p["name"]: p["default"] for p in JOBS["shelf_layout_optimization"]["parameters"]}
+    assert parameters["run_id"] == "{{job.run_id}}"
+    notebook = papermill.inspect_notebook(str(_notebook(JOBS["shelf_layout_optimization"]["tasks"][0])))
+    assert set(parameters) == set(notebook), "every notebook parameter should be a job parameter"
+
+
+def test_every_variable_used_is_defined() -> None:
+    used = set(re.findall(r"\$\{var\.(\w+)\}", (PROJECT_ROOT / "databricks.yml").read_text()))
+    defined = set(BUNDLE["variables"])
+    assert used <= defined, f"undefined variables: {sorted(used - defined)}"
+    for target in BUNDLE["targets"].values():
+        assert set(target.get("variables", {})) <= defined
