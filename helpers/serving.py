@@ -80,8 +80,9 @@ def time_calls(call: Callable[[int], Any], n: int) -> np.ndarray:
 
 
 def latency_summary(latencies_ms: np.ndarray) -> dict[str, float]:
-    p50, p90, p99 = np.percentile(latencies_ms, [50, 90, 99])
-    return {"n": len(latencies_ms), **{f"p{q}_ms": round(float(v), 2) for q, v in ((50, p50), (90, p90), (99, p99))}}
+    quantiles = (50, 90, 99)
+    values = np.percentile(latencies_ms, quantiles)
+    return {"n": len(latencies_ms), **{f"p{q}_ms": round(float(v), 2) for q, v in zip(quantiles, values)}}
 
 
 def plot_latency(latencies_ms: np.ndarray, title: str) -> Any:
