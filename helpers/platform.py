@@ -19,10 +19,28 @@ EXPERIMENT_NAME = "serving-architectures"
 _current: Settings | None = None
 
 
+def _widget_values(names: list[str]) -> dict[str, str]:
+    """Values of Databricks widgets (a job task's parameters arrive as widgets) among ``names``."""
+    from databricks.sdk.runtime import dbutils
+
+    values = {}
+    for name in names:
+        try:
+            values[name] = dbutils.widgets.get(name)
+        except Exception:  # no such widget: the notebook's own value stands
+            continue
+    return values
+
+
 def settings(**overrides: Any) -> Settings:
-    """Resolve settings (notebook parameters win over ``HELPERS_*`` variables) and remember them."""
+    """Resolve settings (notebook parameters win over ``HELPERS_*`` variables) and remember them.
+
+    On Databricks, a widget of the same name (set by a job's task parameters) wins over the notebook's value.
+    """
     global _current
     _current = get_settings(**overrides)
+    if _current.backend == "databricks":
+        _current = get_settings(**{**overrides, **_widget_values(list(overrides))})
     if _current.backend == "local":
         _current.state_dir.mkdir(parents=True, exist_ok=True)
         os.environ["HELPERS_STATE_DIR"] = str(_current.state_dir)  # child processes share the same state

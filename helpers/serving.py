@@ -55,17 +55,29 @@ def deploy_endpoint(
     """Create the endpoint, or roll its config in place if it exists; wait (bounded) until it is ready."""
     entities = list(served_entities)
     started = time.monotonic()
+
+    seen: list[str] = []
+
+    def progress(endpoint: ServingEndpointDetailed) -> None:
+        """Print each new state while waiting (Databricks takes minutes; the twin, seconds)."""
+        state = endpoint.state
+        ready, update = getattr(state.ready, "value", "?"), getattr(state.config_update, "value", "?")
+        line = f"ready={ready} config_update={update}"
+        if not seen or seen[-1] != line:
+            seen.append(line)
+            print(f"  {time.monotonic() - started:6.1f} s  {line}")
+
     if endpoint_exists(w, name):
         print(f"updating endpoint {name!r} (the current config keeps serving until the new one is ready)")
-        endpoint = w.serving_endpoints.update_config_and_wait(
-            name, served_entities=entities, traffic_config=traffic_config, timeout=timeout
+        waiter = w.serving_endpoints.update_config(
+            name, served_entities=entities, traffic_config=traffic_config
         )
     else:
         print(f"creating endpoint {name!r}")
         config = EndpointCoreConfigInput(name=name, served_entities=entities, traffic_config=traffic_config)
-        endpoint = w.serving_endpoints.create_and_wait(name, config=config, timeout=timeout)
-    state = endpoint.state
-    print(f"endpoint {name!r} ready={state.ready.value} in {time.monotonic() - started:.1f} s")
+        waiter = w.serving_endpoints.create(name, config=config)
+    endpoint = waiter.result(timeout=timeout, callback=progress)
+    print(f"endpoint {name!r} is {endpoint.state.ready.value} after {time.monotonic() - started:.1f} s")
     return endpoint
 
 
