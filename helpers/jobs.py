@@ -128,6 +128,7 @@ def wait_for_runs(
     delay = 0.25
     bar = tqdm(
         total=_DONE * len(ids),
+        desc=f"waiting for {len(ids)} run(s)",
         disable=not progress,
         file=sys.stdout,  # a plain text bar: it also reads well in an executed notebook
         bar_format="{desc} |{bar}| {n}/{total} stages [{elapsed}]",

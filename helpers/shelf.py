@@ -33,6 +33,9 @@ import pyarrow as pa
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
+from helpers import platform
+from helpers.features import table_exists
+
 SHELF_LENGTH_RANGE_CM = (50.0, 2000.0)
 MAX_FACINGS_RANGE = (1, 10)
 N_SCENARIOS_RANGE = (1, 5000)
@@ -482,9 +485,6 @@ def ensure_result_tables(fe: Any, layouts_table: str, results_table: str) -> lis
 
     The schemas live here, once, so the job notebook and the client agree on them.
     """
-    from helpers import platform
-    from helpers.features import table_exists
-
     created = []
     for name, schema, keys, description in (
         (layouts_table, LAYOUT_SCHEMA, LAYOUT_KEYS, "Optimized shelf layouts: one row per run and position"),

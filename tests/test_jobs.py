@@ -44,9 +44,6 @@ def test_a_job_is_created_once_and_found_again(w: WorkspaceClient, job_id: int) 
     assert [j.job_id for j in w.jobs.list(name="probe-helpers")] == [job_id]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the local workspace server does not answer POST /api/2.2/jobs/reset yet"
-)
 def test_changed_settings_reset_the_job_in_place(w: WorkspaceClient) -> None:
     first = jobs.create_or_update_job(w, "probe-reset", PROBE, PARAMETERS)
     again = jobs.create_or_update_job(w, "probe-reset", PROBE, {**PARAMETERS, "greeting": "hi"})

@@ -246,6 +246,11 @@ class JobStore:
             jobs = [j for j in jobs if str(j.settings.get("name", "")).lower() == name.lower()]
         return jobs[offset : offset + limit], len(jobs) > offset + limit
 
+    def replace_settings(self, job_id: int, settings: dict[str, Any]) -> bool:
+        with self._tx() as db:
+            query = "UPDATE jobs SET settings = ? WHERE job_id = ?"
+            return db.execute(query, (json.dumps(settings), job_id)).rowcount > 0
+
     def delete_job(self, job_id: int) -> bool:
         with self._tx() as db:
             return db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,)).rowcount > 0

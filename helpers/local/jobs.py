@@ -110,6 +110,24 @@ class LocalJobs:
             raise ValueError(f"offset must not be negative, got {offset}")
         return self.store.list_jobs(name, offset, limit)
 
+    def reset_job(self, job_id: Any, new_settings: Any) -> JobRecord:
+        """Replace all of a job's settings (``jobs/reset``); active runs keep the ones they started with."""
+        job = self.get_job(job_id)
+        if not isinstance(new_settings, dict):
+            raise ValueError("new_settings must be an object with the job's settings")
+        self.store.replace_settings(job.job_id, self._validate(new_settings))
+        return self.get_job(job.job_id)
+
+    def update_job(self, job_id: Any, new_settings: Any = None, fields_to_remove: Any = None) -> JobRecord:
+        """Change only the top-level settings given (``jobs/update``); ``fields_to_remove`` drops others."""
+        job = self.get_job(job_id)
+        if not isinstance(new_settings or {}, dict):
+            raise ValueError("new_settings must be an object")
+        if not isinstance(fields_to_remove or [], list):
+            raise ValueError("fields_to_remove must be a list of setting names")
+        merged = {k: v for k, v in job.settings.items() if k not in (fields_to_remove or [])}
+        return self.reset_job(job.job_id, {**merged, **(new_settings or {})})
+
     def delete_job(self, job_id: Any) -> None:
         """Delete the job; its active runs are canceled, its run records stay readable."""
         job = self.get_job(job_id)

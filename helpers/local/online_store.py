@@ -306,11 +306,13 @@ class OnlineStore:
         parse_uc_name(source_table_name, "source table")
         parse_uc_name(online_table_name, "online table")
         meta = tables.meta(source_table_name)
-        version = tables.version(source_table_name)
         conn = self._connect()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                # Read the version only once holding the write lock: a publish that read it earlier could
+                # otherwise land after a newer one and roll the online table back.
+                version = tables.version(source_table_name)
                 result = self._publish_locked(
                     conn, meta, online_table_name, tables, version, snapshot, online_store
                 )

@@ -93,6 +93,21 @@ def test_jobs_are_created_read_listed_and_deleted(w: WorkspaceClient) -> None:
     assert [j.job_id for j in expanded] == [first]
     assert expanded[0].settings.tasks[0].task_key == "probe"
 
+    w.jobs.update(
+        first, new_settings=jobs.JobSettings(max_concurrent_runs=2), fields_to_remove=["timeout_seconds"]
+    )
+    updated = w.jobs.get(first).settings
+    assert (updated.name, updated.max_concurrent_runs, updated.timeout_seconds) == ("listing-a", 2, 0)
+    w.jobs.reset(first, new_settings=jobs.JobSettings(name="listing-a2", tasks=job.settings.tasks))
+    assert w.jobs.get(first).settings.name == "listing-a2"
+    with pytest.raises(InvalidParameterValue, match="notebook_path"):
+        escape = jobs.NotebookTask(notebook_path="../../etc/passwd")
+        w.jobs.reset(
+            first,
+            new_settings=jobs.JobSettings(name="x", tasks=[jobs.Task(task_key="t", notebook_task=escape)]),
+        )
+    assert w.jobs.get(first).settings.name == "listing-a2", "a refused reset changes nothing"
+
     w.jobs.delete(first)
     # Databricks answers 400 INVALID_PARAMETER_VALUE "Job <id> does not exist."; the SDK raises it as
     # ResourceDoesNotExist (its error overrides match exactly that answer).

@@ -138,6 +138,20 @@ def _routes(version: str) -> None:
         expand = _query_bool(request, "expand_tasks")
         return _paged("jobs", [job_json(j, expand_tasks=expand) for j in jobs], offset, has_more)
 
+    @router.post(f"{base}/reset")
+    async def reset_job(request: Request) -> dict[str, Any]:
+        body = await _body(request)
+        job_id = _required(body.get("job_id"), "job_id")
+        await _call(service().reset_job, job_id, _required(body.get("new_settings"), "new_settings"))
+        return {}
+
+    @router.post(f"{base}/update")
+    async def update_job(request: Request) -> dict[str, Any]:
+        body = await _body(request)
+        job_id = _required(body.get("job_id"), "job_id")
+        await _call(service().update_job, job_id, body.get("new_settings"), body.get("fields_to_remove"))
+        return {}
+
     @router.post(f"{base}/delete")
     async def delete_job(request: Request) -> dict[str, Any]:
         body = await _body(request)
