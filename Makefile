@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 RUN_DIR := .workspace/executed
+APP_PORT ?= 8501
 
-.PHONY: install run test lint stop clean
+.PHONY: install run test lint app stop clean
 
 install: $(STAMP)
 
@@ -24,10 +25,14 @@ test: $(STAMP)  ## the test suite (small sizes), including notebook smoke runs
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check helpers tests
-	$(VENV)/bin/ruff format --check helpers tests
+	$(VENV)/bin/ruff check helpers tests app
+	$(VENV)/bin/ruff format --check helpers tests app
 
-stop: $(STAMP)  ## stop the local workspace server
+app: $(STAMP)  ## the dashboard (app/) on 127.0.0.1:$(APP_PORT), against the local workspace server
+	$(PY) -m helpers.local.dashboard start --port $(APP_PORT)
+
+stop: $(STAMP)  ## stop the dashboard and the local workspace server
+	$(PY) -m helpers.local.dashboard stop
 	$(PY) -m helpers.local.server stop
 
 clean: stop

@@ -60,3 +60,21 @@ def test_every_variable_used_is_defined() -> None:
     assert used <= defined, f"undefined variables: {sorted(used - defined)}"
     for target in BUNDLE["targets"].values():
         assert set(target.get("variables", {})) <= defined
+
+
+def test_the_job_cluster_installs_the_helpers_wheel_the_bundle_builds(tmp_path: Path) -> None:
+    import shlex
+    import subprocess
+    import sys
+    import zipfile
+
+    artifact = BUNDLE["artifacts"]["helpers_wheel"]
+    assert artifact["type"] == "whl"
+    for _, task in TASKS:
+        assert {"whl": "./dist/*.whl"} in task.get("libraries", []), "the task must install the wheel"
+    build = shlex.split(artifact["build"].replace("--wheel-dir dist", f"--wheel-dir {tmp_path}"))
+    build[0] = sys.executable  # the same interpreter that runs the tests
+    subprocess.run(build, cwd=PROJECT_ROOT, check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "helpers/platform.py" in names and "helpers/shelf.py" in names
