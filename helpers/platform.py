@@ -155,6 +155,19 @@ def create_python_function(name: str, params: dict[str, str], returns: str, body
     return FunctionRegistry(cfg.state_dir).create(name, params, returns, body).create_sql()
 
 
+def drop_python_function(name: str) -> None:
+    """Drop a function registered with :func:`create_python_function` (``DROP FUNCTION``)."""
+    cfg = current_settings()
+    if cfg.backend == "databricks":
+        from pyspark.sql import SparkSession
+
+        SparkSession.builder.getOrCreate().sql(f"DROP FUNCTION IF EXISTS {name}")
+        return
+    from helpers.local.functions import FunctionRegistry
+
+    FunctionRegistry(cfg.state_dir).delete(name)
+
+
 def job_parameters(**defaults: Any) -> dict[str, Any]:
     """A job notebook's parameters over ``defaults``: widgets on Databricks, the job run's values locally.
 
@@ -187,3 +200,26 @@ def notebook_exit(value: str) -> None:
     from helpers.local.notebook_io import exit_notebook
 
     exit_notebook(value)
+
+
+def served_entities(endpoint_name: str) -> pd.DataFrame:
+    """Every served entity an endpoint ever had: ``served_entity_id`` -> name and model version.
+
+    It names the version behind an inference table's ``served_entity_id``: Databricks keeps this in the
+    ``system.serving.served_entities`` system table, the local server in its ``workspace.db``.
+    """
+    columns = ["served_entity_id", "served_entity_name", "entity_name", "entity_version"]
+    cfg = current_settings()
+    if cfg.backend == "databricks":
+        from pyspark.sql import SparkSession
+        from pyspark.sql.functions import col
+
+        frame = SparkSession.builder.getOrCreate().table("system.serving.served_entities")
+        return frame.where(col("endpoint_name") == endpoint_name).select(*columns).toPandas()
+    import sqlite3
+
+    with sqlite3.connect(cfg.state_dir / "workspace.db") as db:
+        rows = db.execute(
+            f"SELECT {', '.join(columns)} FROM served_entities WHERE endpoint_name = ?", (endpoint_name,)
+        ).fetchall()
+    return pd.DataFrame(rows, columns=columns)

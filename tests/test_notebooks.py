@@ -18,6 +18,8 @@ SMALL = {
     "n_stores": 3,
     "n_queries": 20,
     "max_iter": 40,
+    "challenger_max_iter": 40,
+    "n_stream": 60,
 }
 
 
@@ -47,3 +49,21 @@ def test_notebook_runs(notebook: Path, shared_state: Path, tmp_path: Path) -> No
         kernel_name="python3",
         progress_bar=False,
     )
+
+
+def test_teardown_deletes_what_the_notebooks_created(shared_state: Path, tmp_path: Path) -> None:
+    from databricks.sdk import WorkspaceClient
+
+    from helpers.local.server.process import ensure_server
+    from helpers.local.tables import DeltaTables
+
+    notebook = PROJECT_ROOT / "notebooks" / "teardown.ipynb"
+    papermill.execute_notebook(
+        str(notebook), str(tmp_path / notebook.name), cwd=str(notebook.parent), kernel_name="python3",
+        progress_bar=False,
+    )  # fmt: skip
+    server = ensure_server(shared_state)
+    w = WorkspaceClient(host=server.url, token=server.token, auth_type="pat")
+    assert list(w.serving_endpoints.list()) == []
+    assert list(w.jobs.list(name="shelf_layout_optimization")) == []
+    assert not DeltaTables(shared_state).exists("main.serving_demo.transactions")

@@ -69,6 +69,13 @@ class FunctionRegistry:
         self._compiled.pop(name, None)
         return fn
 
+    def delete(self, name: str) -> None:
+        path = self._path(name)
+        if not path.exists():
+            raise LookupError(f"function {name} does not exist")
+        path.unlink()
+        self._compiled.pop(name, None)
+
     def get(self, name: str) -> PythonFunction:
         path = self._path(name)
         if not path.exists():

@@ -415,6 +415,19 @@ class OnlineStore:
         finally:
             conn.close()
 
+    def delete_store(self, name: str) -> None:
+        """Remove a named online store and every online table published to it."""
+        if self.get_store(name) is None:
+            raise LookupError(f"online store {name!r} does not exist")
+        for info in self.list_published():
+            if info.online_store == name:
+                self.drop(info.online_table_name)
+        conn = self._connect()
+        try:
+            conn.execute("DELETE FROM _online_stores WHERE name = ?", (name,))
+        finally:
+            conn.close()
+
     def get_store(self, name: str) -> dict[str, Any] | None:
         conn = self._connect()
         try:

@@ -200,6 +200,14 @@ class OnlinePublishingMixin:
         self._online_store.save_store(name, spec)
         return DatabricksOnlineStore(**spec, state=DatabricksOnlineStore.State.AVAILABLE)
 
+    def delete_online_store(self, *, name: str) -> None:
+        """Delete the online store and the online tables published to it (the offline tables stay)."""
+        self._online_store.delete_store(name)
+
+    def drop_online_table(self, name: str, online_store: Any) -> None:
+        """Drop one online table (``name`` is its online table name); its offline table stays."""
+        self._online_store.drop(name)
+
     def get_online_store(self, *, name: str):
         """The online store called ``name``, or ``None`` if there is none."""
         from databricks.ml_features.entities.online_store import DatabricksOnlineStore

@@ -1,0 +1,96 @@
+"""Delete what the notebooks created: endpoints, the job, feature specs, the online store, tables, models and
+functions. It uses only the real APIs, so the same call cleans a Databricks workspace and the local twin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from mlflow import MlflowClient
+
+from helpers import platform
+from helpers.config import Settings
+
+
+@dataclass(frozen=True)
+class DemoResources:
+    """Names of everything the demo notebooks create (tables, specs, models and functions fully qualified)."""
+
+    endpoints: tuple[str, ...]
+    jobs: tuple[str, ...]
+    feature_specs: tuple[str, ...]
+    online_stores: tuple[str, ...]
+    tables: tuple[str, ...]
+    models: tuple[str, ...]
+    functions: tuple[str, ...]
+
+
+def demo_resources(cfg: Settings) -> DemoResources:
+    table = cfg.table
+    return DemoResources(
+        endpoints=("customer-offers", "fraud-scoring", "fraud-scoring-request", "shelf-layouts"),
+        jobs=("shelf_layout_optimization",),
+        feature_specs=(table("customer_offers_spec"), table("shelf_layout_spec")),
+        online_stores=("serving-demo-store",),
+        tables=tuple(
+            table(name)
+            for name in (
+                "customer_features",
+                "customers",
+                "transactions",
+                "products",
+                "store_demand",
+                "customer_propensity",
+                "shelf_sales_history",
+                "shelf_layouts",
+                "shelf_layout_results",
+                "fraud_scoring_payload",
+            )
+        ),  # fmt: skip
+        models=tuple(
+            table(m) for m in ("fraud_model", "promo_model", "fraud_model_request", "shelf_demand_model")
+        ),
+        functions=(table("amount_ratio"),),
+    )
+
+
+def _absent(error: Exception) -> bool:
+    text = f"{type(error).__name__} {error}".lower()
+    return any(
+        s in text for s in ("does not exist", "not found", "notfound", "resourcedoesnotexist", "no such")
+    )
+
+
+def teardown(w: Any, fe: Any, resources: DemoResources) -> pd.DataFrame:
+    """Delete each resource (endpoints first: they serve the specs and models); one row per resource."""
+    client = MlflowClient()
+
+    def delete_job(name: str) -> None:
+        ids = [job.job_id for job in w.jobs.list(name=name)]
+        if not ids:
+            raise LookupError(f"job {name} does not exist")
+        for job_id in ids:
+            w.jobs.delete(job_id)
+
+    steps: list[tuple[str, tuple[str, ...], Callable[[str], Any]]] = [
+        ("endpoint", resources.endpoints, w.serving_endpoints.delete),
+        ("job", resources.jobs, delete_job),
+        ("feature spec", resources.feature_specs, lambda n: fe.delete_feature_spec(name=n)),
+        ("online store", resources.online_stores, lambda n: fe.delete_online_store(name=n)),
+        ("table", resources.tables, lambda n: fe.drop_table(name=n)),
+        ("model", resources.models, client.delete_registered_model),
+        ("function", resources.functions, platform.drop_python_function),
+    ]
+    rows = []
+    for kind, names, delete in steps:
+        for name in names:
+            try:
+                delete(name)
+                outcome = "deleted"
+            except Exception as error:  # keep going: one leftover must not block the rest
+                outcome = "absent" if _absent(error) else f"failed: {type(error).__name__}: {error}"
+            rows.append({"kind": kind, "name": name, "outcome": outcome})
+    return pd.DataFrame(rows)
