@@ -6,6 +6,8 @@ Notebooks call these functions and the real Databricks APIs; everything backend-
 from __future__ import annotations
 
 import os
+import time
+from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -153,6 +155,36 @@ def create_python_function(name: str, params: dict[str, str], returns: str, body
         SparkSession.builder.getOrCreate().sql(sql)
         return sql
     return FunctionRegistry(cfg.state_dir).create(name, params, returns, body).create_sql()
+
+
+def wait_for_publish(
+    published: Any, timeout: timedelta = timedelta(minutes=30), poll_seconds: float = 10
+) -> Any:
+    """Wait until a ``publish_table`` has landed in the online store; returns ``published``.
+
+    On Databricks publishing runs as a pipeline after ``publish_table`` returns, so an endpoint queried at
+    once may still see the old rows: this polls the pipeline (printing each new state) and raises on failure
+    or timeout. Locally ``publish_table`` is synchronous and there is nothing to wait for.
+    """
+    if current_settings().backend != "databricks":
+        return published
+    from databricks.sdk import WorkspaceClient
+
+    w, started, last = WorkspaceClient(), time.monotonic(), None
+    while True:
+        updates = w.pipelines.get(published.pipeline_id).latest_updates or []
+        state = updates[0].state.value if updates and updates[0].state else "QUEUED"
+        if state != last:
+            print(f"  {time.monotonic() - started:6.1f} s  publishing {published.online_table_name}: {state}")
+            last = state
+        if state == "COMPLETED":
+            return published
+        if state in ("FAILED", "CANCELED"):
+            where = f"see pipeline {published.pipeline_id}"
+            raise RuntimeError(f"publishing {published.online_table_name} ended {state}; {where}")
+        if time.monotonic() - started > timeout.total_seconds():
+            raise TimeoutError(f"publishing {published.online_table_name} not done after {timeout} ({state})")
+        time.sleep(poll_seconds)
 
 
 def drop_python_function(name: str) -> None:

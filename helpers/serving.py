@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -11,7 +12,9 @@ import numpy as np
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors import NotFound, ResourceDoesNotExist
 from databricks.sdk.service.serving import (
+    AiGatewayInferenceTableConfig,
     EndpointCoreConfigInput,
+    Route,
     ServedEntityInput,
     ServingEndpointDetailed,
     TrafficConfig,
@@ -42,6 +45,75 @@ def served_entity(
         scale_to_zero_enabled=scale_to_zero_enabled,
         name=name,
     )
+
+
+def traffic_split(percentages: Mapping[str, int]) -> TrafficConfig:
+    """``traffic_config`` sending ``percentages[name]`` % of requests to each served entity (sum: 100)."""
+    total = sum(percentages.values())
+    if total != 100:
+        raise ValueError(f"traffic percentages must add up to 100, got {dict(percentages)} (sum {total})")
+    return TrafficConfig(
+        routes=[Route(served_entity_name=name, traffic_percentage=pct) for name, pct in percentages.items()]
+    )
+
+
+def enable_inference_table(
+    w: WorkspaceClient, endpoint_name: str, catalog: str, schema: str, table_name_prefix: str
+) -> str:
+    """Log every request of the endpoint (AI Gateway inference table); returns the payload table's name."""
+    w.serving_endpoints.put_ai_gateway(
+        endpoint_name,
+        inference_table_config=AiGatewayInferenceTableConfig(
+            catalog_name=catalog, schema_name=schema, table_name_prefix=table_name_prefix, enabled=True
+        ),
+    )
+    return f"{catalog}.{schema}.{table_name_prefix}_payload"
+
+
+class BackgroundTraffic:
+    """Queries an endpoint in a thread until stopped, counting answers per served entity and failures.
+
+    ``with BackgroundTraffic(w, name, records) as traffic: <change the endpoint>`` shows whether any request
+    failed while the change happened.
+    """
+
+    def __init__(self, w: WorkspaceClient, endpoint_name: str, records: Sequence[dict[str, Any]]) -> None:
+        self._w, self._name, self._records = w, endpoint_name, list(records)
+        self.served: dict[str, int] = {}
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> BackgroundTraffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def sent(self) -> int:
+        return sum(self.served.values()) + len(self.failures)
+
+    def wait_for(self, n: int, timeout: float = 120.0) -> None:
+        """Block until at least ``n`` requests were sent (or ``timeout`` seconds passed)."""
+        deadline = time.monotonic() + timeout
+        while self.sent < n and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(0.02)
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            record = self._records[i % len(self._records)]
+            i += 1
+            try:
+                answer = self._w.serving_endpoints.query(self._name, dataframe_records=[record])
+            except Exception as err:  # noqa: BLE001 - a failed request is what this counts
+                self.failures.append(f"{type(err).__name__}: {err}")
+                continue
+            name = answer.served_model_name or "?"
+            self.served[name] = self.served.get(name, 0) + 1
 
 
 def deploy_endpoint(

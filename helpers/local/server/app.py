@@ -68,6 +68,10 @@ async def update_config(name: str, request: Request) -> dict[str, Any]:
     return _registry(request).update_config(name, await _json_body(request))
 
 
+async def put_ai_gateway(name: str, request: Request) -> dict[str, Any]:
+    return _registry(request).put_ai_gateway(name, await _json_body(request))
+
+
 async def invoke(name: str, request: Request) -> Response:
     served, answer = await _registry(request).invoke(name, await request.body())
     return Response(answer, media_type="application/json", headers={"served-model-name": served})
@@ -80,6 +84,7 @@ ROUTES = (
     ("GET", "/api/2.0/serving-endpoints/{name}", get_endpoint),
     ("DELETE", "/api/2.0/serving-endpoints/{name}", delete_endpoint),
     ("PUT", "/api/2.0/serving-endpoints/{name}/config", update_config),
+    ("PUT", "/api/2.0/serving-endpoints/{name}/ai-gateway", put_ai_gateway),
     ("POST", "/serving-endpoints/{name}/invocations", invoke),
 )
 

@@ -30,6 +30,7 @@ from helpers.local.functions import FunctionRegistry
 from helpers.local.online_store import OnlineStore, TableNotPublishedError
 from helpers.local.publishing import feature_spec_path, load_feature_spec
 from helpers.local.server.errors import ApiError, already_exists, bad_request, invalid_state, not_found
+from helpers.local.server.inference_tables import InferenceTableConfig, PayloadLogger, payload_row, utc_now
 from helpers.names import parse_uc_name
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class ServedEntity:
     creation_timestamp: int
     deployment: str = CREATING[0]
     deployment_state_message: str = CREATING[1]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)  # the payload table's served_entity_id
 
     @property
     def key(self) -> tuple[str, str | None]:
@@ -94,16 +96,21 @@ class EndpointConfig:
     routes: list[tuple[str, int]]  # (served entity name, traffic percentage)
     config_version: int
     start_time: int
+    auto_capture: dict[str, Any] | None = None  # ``auto_capture_config`` (the older inference tables)
 
     def to_json(self, *, pending: bool = False) -> dict[str, Any]:
         routes = [
             {"served_model_name": n, "served_entity_name": n, "traffic_percentage": p} for n, p in self.routes
         ]
-        out = {
+        out: dict[str, Any] = {
             "served_entities": [e.to_json() for e in self.served_entities],
             "traffic_config": {"routes": routes},
             "config_version": self.config_version,
         }
+        if self.auto_capture is not None:
+            capture = InferenceTableConfig(**self.auto_capture)
+            table = {"name": capture.payload_table.rsplit(".", 1)[1], "status": "ACTIVE"}
+            out["auto_capture_config"] = capture.to_json() | {"state": {"payload_table": table}}
         return out | {"start_time": self.start_time} if pending else out
 
     @classmethod
@@ -111,7 +118,8 @@ class EndpointConfig:
         if doc is None:
             return None
         entities = [ServedEntity(**e) for e in doc["served_entities"]]
-        return cls(entities, [tuple(r) for r in doc["routes"]], doc["config_version"], doc["start_time"])  # type: ignore[misc]
+        routes = [tuple(r) for r in doc["routes"]]
+        return cls(entities, routes, doc["config_version"], doc["start_time"], doc.get("auto_capture"))  # type: ignore[arg-type]
 
 
 # Predictors -----------------------------------------------------------------------------------------------
@@ -120,6 +128,7 @@ class Router:
 
     def __init__(self, config: EndpointConfig, predictors: dict[str, Predictor]) -> None:
         self.by_key = {e.key: predictors[e.name] for e in config.served_entities}
+        self.entities = {e.name: e for e in config.served_entities}
         routes = [(name, pct) for name, pct in config.routes if pct > 0]
         self._names = [name for name, _ in routes]
         self._predictors = [predictors[name] for name in self._names]
@@ -243,8 +252,8 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def parse_invocation(body: bytes) -> tuple[str, Any, dict[str, Any] | None]:
-    """(input format, payload, params) of an invocation body; 400 naming what is wrong."""
+def parse_invocation(body: bytes) -> tuple[str, Any, dict[str, Any] | None, str | None]:
+    """(input format, payload, params, client_request_id) of an invocation body; 400 naming what is wrong."""
     if len(body) > MAX_PAYLOAD_BYTES:
         raise bad_request(f"the request payload ({len(body)} bytes) exceeds the 16 MB limit")
     try:
@@ -261,7 +270,10 @@ def parse_invocation(body: bytes) -> tuple[str, Any, dict[str, Any] | None]:
     params = data.get("params")
     if params is not None and not isinstance(params, dict):
         raise bad_request("params must be an object (name -> value)")
-    return present[0], data[present[0]], params
+    client_request_id = data.get("client_request_id")
+    if client_request_id is not None and not isinstance(client_request_id, str):
+        raise bad_request("client_request_id must be a string")
+    return present[0], data[present[0]], params, client_request_id
 
 
 # Endpoints ------------------------------------------------------------------------------------------------
@@ -280,6 +292,7 @@ class Endpoint:
     config: EndpointConfig | None
     pending_config: EndpointConfig | None
     config_update: str  # NOT_UPDATING | IN_PROGRESS | UPDATE_FAILED
+    ai_gateway: dict[str, Any] | None = None  # only ``inference_table_config`` is supported locally
     router: Router | None = field(default=None, repr=False)  # what answers requests now
     starting: Future | None = field(default=None, repr=False)  # reload of ``config`` after a restart
 
@@ -295,6 +308,8 @@ class Endpoint:
             out["config"] = self.config.to_json()
         if self.pending_config is not None:
             out["pending_config"] = self.pending_config.to_json(pending=True)
+        if self.ai_gateway:
+            out["ai_gateway"] = self.ai_gateway
         return out | {"permission_level": "CAN_MANAGE", "route_optimized": False}
 
     def summary(self) -> dict[str, Any]:
@@ -329,6 +344,14 @@ class Endpoint:
         persisted = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RUNTIME_FIELDS}
         return json.dumps(persisted, default=asdict)  # asdict turns the configurations into plain dicts
 
+    def payload_table(self) -> str | None:
+        """The table requests are logged to: AI Gateway's if enabled, else ``auto_capture_config``'s."""
+        gateway = (self.ai_gateway or {}).get("inference_table_config")
+        for raw in (gateway, self.config.auto_capture if self.config else None):
+            if raw and raw.get("enabled"):
+                return InferenceTableConfig(**raw).payload_table
+        return None
+
     @classmethod
     def from_doc(cls, text: str) -> Endpoint:
         doc = json.loads(text)
@@ -354,6 +377,13 @@ class EndpointRegistry:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS serving_endpoints (name TEXT PRIMARY KEY, doc TEXT NOT NULL)"
         )
+        # Every served entity ever deployed, like Databricks' system.serving.served_entities: it maps the
+        # inference table's served_entity_id to a served entity name and model version.
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS served_entities (served_entity_id TEXT PRIMARY KEY, "
+            "endpoint_name TEXT, served_entity_name TEXT, entity_name TEXT, entity_version TEXT, "
+            "change_time INTEGER)"
+        )
         self._lock = threading.RLock()
         self._endpoints: dict[str, Endpoint] = {}
         self._closed = False
@@ -361,6 +391,8 @@ class EndpointRegistry:
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="entity-loader")
         self._store = OnlineStore(self._state_dir)
         self._functions = FunctionRegistry(self._state_dir)
+        self._payloads = PayloadLogger(self._state_dir)
+        self._user = getpass.getuser()
 
     # lifecycle
     def start(self) -> None:
@@ -378,6 +410,7 @@ class EndpointRegistry:
 
     def close(self) -> None:
         self._loader.shutdown(wait=False, cancel_futures=True)
+        self._payloads.close()
         with self._lock:
             self._closed = True
             self._db.close()
@@ -400,7 +433,8 @@ class EndpointRegistry:
             if name in self._endpoints:
                 raise already_exists(f"Endpoint with name '{name}' already exists.")
             now = _now_ms()
-            pending = self._parse_config(config_body, "config", 1, now)
+            pending = self._parse_config(config_body, "config", 1, now, name)
+            ai_gateway = _parse_ai_gateway(body.get("ai_gateway"), "ai_gateway", name)
             endpoint = Endpoint(
                 name=name,
                 id=uuid.uuid4().hex,
@@ -412,6 +446,7 @@ class EndpointRegistry:
                 config=None,
                 pending_config=pending,
                 config_update="IN_PROGRESS",
+                ai_gateway=ai_gateway,
             )
             self._endpoints[name] = endpoint
             self._persist(endpoint)
@@ -444,7 +479,14 @@ class EndpointRegistry:
             latest = max(
                 c.config_version for c in (endpoint.config, endpoint.pending_config) if c is not None
             )
-            pending = self._parse_config(body, "", latest + 1, _now_ms())
+            pending = self._parse_config(body, "", latest + 1, _now_ms(), name)
+            current = endpoint.config or endpoint.pending_config
+            if "auto_capture_config" not in body and current is not None:
+                pending.auto_capture = current.auto_capture  # an update without it keeps the logging on
+            if endpoint.config is not None:  # an entity that stays keeps its id (and its inference log rows)
+                ids = {(e.name, e.key): e.id for e in endpoint.config.served_entities}
+                for entity in pending.served_entities:
+                    entity.id = ids.get((entity.name, entity.key), entity.id)
             endpoint.pending_config = pending
             endpoint.config_update = "IN_PROGRESS"
             endpoint.last_updated_timestamp = pending.start_time
@@ -452,19 +494,69 @@ class EndpointRegistry:
             self._deploy(name, pending, endpoint.router.by_key if endpoint.router else {})
             return endpoint.to_json()
 
-    async def invoke(self, name: str, body: bytes) -> tuple[str, bytes]:
-        """(served entity name, JSON answer) for one invocation."""
+    def put_ai_gateway(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``PUT .../ai-gateway``: replaces the endpoint's AI Gateway config (here: its inference table)."""
         with self._lock:
             endpoint = self._require(name)
-        input_format, payload, params = parse_invocation(body)
+            endpoint.ai_gateway = _parse_ai_gateway(body, "", name)
+            endpoint.last_updated_timestamp = _now_ms()
+            self._persist(endpoint)
+            return endpoint.ai_gateway or {}
+
+    async def invoke(self, name: str, body: bytes) -> tuple[str, bytes]:
+        """(served entity name, JSON answer) for one invocation; logged to the inference table if any."""
+        with self._lock:
+            endpoint = self._require(name)
+        table = endpoint.payload_table()
+        if table is None:
+            return await self._answer(endpoint, body, None)
+        received, started = utc_now(), time.perf_counter()
+        outcome: dict[str, Any] = {}
+        status, answer = 500, None
+        try:
+            served_name, answer = await self._answer(endpoint, body, outcome)
+            status = 200
+            return served_name, answer
+        except ApiError as err:
+            status, answer = err.status, json.dumps(err.body()).encode()
+            raise
+        finally:
+            entity = outcome.get("entity")
+            self._payloads.log(
+                table,
+                payload_row(
+                    request_id=str(uuid.uuid4()),
+                    client_request_id=outcome.get("client_request_id"),
+                    received=received,
+                    status_code=status,
+                    execution_ms=round(outcome.get("execution_s", time.perf_counter() - started) * 1000),
+                    request=body,
+                    response=answer,
+                    served_entity_id=entity.id if entity is not None else None,
+                    requester=self._user,
+                ),
+            )
+
+    async def _answer(
+        self, endpoint: Endpoint, body: bytes, outcome: dict[str, Any] | None
+    ) -> tuple[str, bytes]:
+        input_format, payload, params, client_request_id = parse_invocation(body)
         router = endpoint.router
         if router is None:
             router = await self._wait_for_start(endpoint)
         served_name, predictor = router.pick()
-        if predictor.blocking:
-            answer = await run_in_threadpool(predictor, input_format, payload, params)
-        else:
-            answer = predictor(input_format, payload, params)
+        if outcome is not None:
+            outcome["client_request_id"] = client_request_id
+            outcome["entity"] = router.entities.get(served_name)
+        started = time.perf_counter()
+        try:
+            if predictor.blocking:
+                answer = await run_in_threadpool(predictor, input_format, payload, params)
+            else:
+                answer = predictor(input_format, payload, params)
+        finally:
+            if outcome is not None:
+                outcome["execution_s"] = time.perf_counter() - started
         return served_name, json.dumps(answer, default=_json_default).encode()
 
     # internals
@@ -478,6 +570,15 @@ class EndpointRegistry:
         self._db.execute(
             "INSERT OR REPLACE INTO serving_endpoints (name, doc) VALUES (?, ?)",
             (endpoint.name, endpoint.doc()),
+        )
+        self._db.executemany(
+            "INSERT OR IGNORE INTO served_entities VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (e.id, endpoint.name, e.name, e.entity_name, e.entity_version, e.creation_timestamp)
+                for config in (endpoint.config, endpoint.pending_config)
+                if config is not None
+                for e in config.served_entities
+            ],
         )
 
     async def _wait_for_start(self, endpoint: Endpoint) -> Router:
@@ -503,7 +604,9 @@ class EndpointRegistry:
             f"Endpoint {endpoint.name} has no served entity ready. {'; '.join(failures)}".strip()
         )
 
-    def _parse_config(self, body: dict[str, Any], where: str, version: int, now: int) -> EndpointConfig:
+    def _parse_config(
+        self, body: dict[str, Any], where: str, version: int, now: int, endpoint_name: str
+    ) -> EndpointConfig:
         prefix = f"{where}." if where else ""
         raw_entities = body.get("served_entities")
         if raw_entities is None and body.get("served_models") is not None:  # the older spelling
@@ -525,7 +628,11 @@ class EndpointRegistry:
                 f"{prefix}served_entities: served entity names must be unique, repeated: {duplicates}"
             )
         routes = _parse_routes(body.get("traffic_config"), names, f"{prefix}traffic_config")
-        return EndpointConfig(entities, routes, version, now)
+        capture = body.get("auto_capture_config")
+        if capture is not None:
+            where = f"{prefix}auto_capture_config"
+            capture = InferenceTableConfig.parse(capture, where, endpoint_name).to_json()
+        return EndpointConfig(entities, routes, version, now, capture)
 
     def _parse_entity(self, raw: Any, where: str, now: int) -> ServedEntity:
         if not isinstance(raw, dict):
@@ -643,6 +750,24 @@ def _warm_up_mlflow() -> None:
         mlflow.MlflowClient().search_registered_models(max_results=1)
     except Exception:  # a registry problem shows up, with its message, when a model is loaded
         log.warning("MLflow warm-up failed", exc_info=True)
+
+
+def _parse_ai_gateway(raw: Any, where: str, endpoint_name: str) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    prefix = f"{where}." if where else ""
+    if not isinstance(raw, dict):
+        raise bad_request(f"{where or 'the request body'} must be an object")
+    unsupported = sorted(k for k, v in raw.items() if v and k not in ("inference_table_config", "name"))
+    if unsupported:
+        raise bad_request(
+            f"{prefix}{unsupported[0]}: the local workspace supports only AI Gateway's inference_table_config"
+        )
+    table = raw.get("inference_table_config")
+    if table is None:
+        return None
+    where = f"{prefix}inference_table_config"
+    return {"inference_table_config": InferenceTableConfig.parse(table, where, endpoint_name).to_json()}
 
 
 def _parse_routes(traffic: Any, names: list[str], where: str) -> list[tuple[str, int]]:

@@ -1,0 +1,197 @@
+"""Inference tables: every invocation of an endpoint, logged to ``<catalog>.<schema>.<prefix>_payload``.
+
+Requests only append a row to an in-memory buffer; a background thread writes the buffer to the Delta table
+every ``flush_seconds`` or as soon as ``max_rows`` rows wait, and ``close`` writes what is left. A clean stop
+loses nothing; a crash (SIGKILL, power loss) loses at most the rows of the last ``flush_seconds``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from deltalake import write_deltalake
+
+from helpers.local.server.errors import bad_request
+from helpers.local.tables import DeltaTables, TableMeta
+from helpers.names import validate_identifier
+
+log = logging.getLogger(__name__)
+
+# The column names, order and types of an AI Gateway inference table on Databricks, as `SHOW CREATE TABLE`
+# shows a real `<prefix>_payload` table (column comments as in Databricks' "AI Gateway-enabled inference
+# table schema": docs.databricks.com/ai-gateway/inference-tables). Spark's BIGINT/INT/DOUBLE/TIMESTAMP/DATE
+# map to int64/int32/float64/timestamp[us, UTC]/date32.
+PAYLOAD_SCHEMA = pa.schema(
+    [
+        ("databricks_request_id", pa.string()),
+        ("request_date", pa.date32()),
+        ("client_request_id", pa.string()),
+        ("request_time", pa.timestamp("us", tz="UTC")),
+        ("status_code", pa.int32()),
+        ("sampling_fraction", pa.float64()),
+        ("execution_duration_ms", pa.int64()),
+        ("request", pa.string()),
+        ("response", pa.string()),
+        ("logging_error_codes", pa.list_(pa.string())),
+        ("served_entity_id", pa.string()),
+        ("requester", pa.string()),
+    ]
+)
+MAX_LOGGED_PAYLOAD_BYTES = 1024 * 1024  # Databricks does not log payloads over 1 MiB (an error code instead)
+MAX_BUFFERED_ROWS = 200_000  # if the table cannot be written for long, the oldest rows go first
+
+
+@dataclass(frozen=True)
+class InferenceTableConfig:
+    """``ai_gateway.inference_table_config`` or the older ``config.auto_capture_config`` (same fields)."""
+
+    catalog_name: str
+    schema_name: str
+    table_name_prefix: str
+    enabled: bool
+
+    @property
+    def payload_table(self) -> str:
+        return f"{self.catalog_name}.{self.schema_name}.{self.table_name_prefix}_payload"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "catalog_name": self.catalog_name,
+            "schema_name": self.schema_name,
+            "table_name_prefix": self.table_name_prefix,
+            "enabled": self.enabled,
+        }
+
+    @classmethod
+    def parse(cls, raw: Any, where: str, endpoint_name: str) -> InferenceTableConfig:
+        """Validate a request's config; 400 naming the field. The prefix defaults to the endpoint name."""
+        if not isinstance(raw, dict):
+            raise bad_request(f"{where} must be an object with catalog_name, schema_name, table_name_prefix")
+        enabled = raw.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise bad_request(f"{where}.enabled must be true or false")
+        values = {}
+        for key in ("catalog_name", "schema_name", "table_name_prefix"):
+            value = raw.get(key)
+            if key == "table_name_prefix" and value is None:
+                value = endpoint_name.replace("-", "_")
+            if enabled or value is not None:
+                try:
+                    validate_identifier(value, f"{where}.{key}")
+                except (TypeError, ValueError) as err:
+                    raise bad_request(str(err)) from None
+            values[key] = value
+        return cls(**values, enabled=enabled)
+
+
+def payload_row(
+    *,
+    request_id: str,
+    client_request_id: str | None,
+    received: datetime,
+    status_code: int,
+    execution_ms: int,
+    request: bytes,
+    response: bytes | None,
+    served_entity_id: str | None,
+    requester: str,
+) -> dict[str, Any]:
+    """One payload table row; a payload over 1 MiB is left out with an error code, as Databricks does."""
+    errors = []
+    request_text: str | None = request.decode("utf-8", errors="replace")
+    if len(request) > MAX_LOGGED_PAYLOAD_BYTES:
+        request_text = None
+        errors.append("MAX_REQUEST_SIZE_EXCEEDED")
+    response_text = None if response is None else response.decode("utf-8", errors="replace")
+    if response is not None and len(response) > MAX_LOGGED_PAYLOAD_BYTES:
+        response_text = None
+        errors.append("MAX_RESPONSE_SIZE_EXCEEDED")
+    return {
+        "databricks_request_id": request_id,
+        "request_date": received.date(),
+        "client_request_id": client_request_id,
+        "request_time": received,
+        "status_code": status_code,
+        "sampling_fraction": 1.0,
+        "execution_duration_ms": execution_ms,
+        "request": request_text,
+        "response": response_text,
+        "logging_error_codes": errors,
+        "served_entity_id": served_entity_id,
+        "requester": requester,
+    }
+
+
+class PayloadLogger:
+    """Buffers payload rows per table and appends them to Delta in batches, off the request path."""
+
+    def __init__(self, state_dir: Path, *, flush_seconds: float = 1.0, max_rows: int = 500) -> None:
+        self._tables = DeltaTables(state_dir)
+        self._flush_seconds = flush_seconds
+        self._max_rows = max_rows
+        self._buffer: dict[str, list[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # one writer at a time: the thread, or close()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="payload-logger", daemon=True)
+        self._thread.start()
+
+    def log(self, table: str, row: dict[str, Any]) -> None:
+        with self._lock:
+            rows = self._buffer.setdefault(table, [])
+            rows.append(row)
+            if len(rows) > MAX_BUFFERED_ROWS:
+                del rows[: len(rows) - MAX_BUFFERED_ROWS]
+                log.warning("payload buffer of %s is full: dropped the oldest rows", table)
+            full = len(rows) >= self._max_rows
+        if full:
+            self._wake.set()
+
+    def flush(self) -> None:
+        """Write every buffered row now; rows of a table that cannot be written stay buffered."""
+        with self._write_lock:
+            with self._lock:
+                pending, self._buffer = self._buffer, {}
+            for table, rows in pending.items():
+                try:
+                    self._append(table, rows)
+                except Exception:  # a broken table never breaks serving; its rows wait for the next try
+                    log.exception("writing %d payload rows to %s failed", len(rows), table)
+                    with self._lock:
+                        self._buffer[table] = rows + self._buffer.get(table, [])
+
+    def close(self) -> None:
+        """Stop the thread and write what is left (a clean stop loses nothing)."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait(self._flush_seconds)
+            self._wake.clear()
+            self.flush()
+
+    def _append(self, table: str, rows: list[dict[str, Any]]) -> None:
+        if not self._tables.exists(table):
+            meta = TableMeta(
+                table, ["databricks_request_id"], description="Inference table (payload log) of an endpoint"
+            )
+            with contextlib.suppress(ValueError):  # created meanwhile by another writer
+                self._tables.create(meta, None, PAYLOAD_SCHEMA)
+        data = pa.Table.from_pylist(rows, schema=PAYLOAD_SCHEMA)
+        with self._tables.lock(table):
+            write_deltalake(str(self._tables.path(table)), data, mode="append")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,91 @@
+"""The payload logger behind inference tables: batches off the request path, nothing lost on close."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from helpers.local.server.errors import ApiError
+from helpers.local.server.inference_tables import (
+    MAX_LOGGED_PAYLOAD_BYTES,
+    PAYLOAD_SCHEMA,
+    InferenceTableConfig,
+    PayloadLogger,
+    payload_row,
+)
+from helpers.local.tables import DeltaTables, TableMeta
+
+TABLE = "main.default.ep_payload"
+
+
+def _row(i: int, request: bytes = b'{"inputs": [1]}') -> dict:
+    return payload_row(
+        request_id=f"id-{i}",
+        client_request_id=None,
+        received=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        status_code=200,
+        execution_ms=3,
+        request=request,
+        response=b'{"predictions": [0]}',
+        served_entity_id="e1",
+        requester="me",
+    )
+
+
+def test_close_writes_every_buffered_row_with_databricks_columns(state_dir: Path) -> None:
+    logger = PayloadLogger(state_dir, flush_seconds=3600, max_rows=10_000)  # only close() writes
+    for i in range(25):
+        logger.log(TABLE, _row(i))
+    assert not DeltaTables(state_dir).exists(TABLE)
+
+    logger.close()
+
+    table = DeltaTables(state_dir).read(TABLE)
+    assert table.num_rows == 25 and table.schema.names == PAYLOAD_SCHEMA.names
+    assert DeltaTables(state_dir).meta(TABLE).primary_keys == ["databricks_request_id"]
+    assert table.column("request_date").to_pylist()[0].isoformat() == "2026-01-02"
+
+
+def test_a_full_batch_is_written_without_waiting_for_the_timer(state_dir: Path) -> None:
+    logger = PayloadLogger(state_dir, flush_seconds=3600, max_rows=5)
+    for i in range(5):
+        logger.log(TABLE, _row(i))
+    deadline = time.monotonic() + 60  # a bound for a loaded machine, not a measurement
+    while not DeltaTables(state_dir).exists(TABLE) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert DeltaTables(state_dir).exists(TABLE)
+    logger.close()
+    assert DeltaTables(state_dir).read(TABLE).num_rows == 5
+
+
+def test_rows_wait_while_their_table_cannot_be_written(state_dir: Path) -> None:
+    tables = DeltaTables(state_dir)
+    tables.create(TableMeta(TABLE, ["other"]), None, pa.schema([("other", pa.string())]))
+    logger = PayloadLogger(state_dir, flush_seconds=3600, max_rows=10_000)
+    logger.log(TABLE, _row(1))
+    logger.flush()  # the schema does not fit: logged, kept
+
+    tables.drop(TABLE)
+    logger.close()
+    assert tables.read(TABLE).column("databricks_request_id").to_pylist() == ["id-1"]
+
+
+def test_oversized_payloads_are_left_out_with_an_error_code() -> None:
+    row = _row(1, request=b"x" * (MAX_LOGGED_PAYLOAD_BYTES + 1))
+    assert row["request"] is None and row["logging_error_codes"] == ["MAX_REQUEST_SIZE_EXCEEDED"]
+    assert row["response"] == '{"predictions": [0]}'
+
+
+def test_config_validation_names_the_field() -> None:
+    config = InferenceTableConfig.parse({"catalog_name": "main", "schema_name": "s"}, "ai", "fraud-scoring")
+    assert config.payload_table == "main.s.fraud_scoring_payload"
+    with pytest.raises(ApiError, match="ai.schema_name"):
+        InferenceTableConfig.parse({"catalog_name": "main", "schema_name": "a.b"}, "ai", "ep")
+    with pytest.raises(ApiError, match="enabled"):
+        InferenceTableConfig.parse({"catalog_name": "main", "schema_name": "s", "enabled": "yes"}, "ai", "ep")
+    disabled = InferenceTableConfig.parse({"enabled": False}, "ai", "ep")
+    assert not disabled.enabled
