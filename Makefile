@@ -7,7 +7,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 RUN_DIR := .workspace/executed
 APP_PORT ?= 8501
 
-.PHONY: install run test lint app stop clean
+.PHONY: install run test lint bench app stop clean
 
 install: $(STAMP)
 
@@ -25,8 +25,11 @@ test: $(STAMP)  ## the test suite (small sizes), including notebook smoke runs
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check helpers tests app
-	$(VENV)/bin/ruff format --check helpers tests app
+	$(VENV)/bin/ruff check helpers tests app benchmarks
+	$(VENV)/bin/ruff format --check helpers tests app benchmarks
+
+bench: $(STAMP)  ## benchmarks vs Feast and mlflow models serve (BENCH_ARGS=--quick for a smoke run)
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 app: $(STAMP)  ## the dashboard (app/) on 127.0.0.1:$(APP_PORT), against the local workspace server
 	$(PY) -m helpers.local.dashboard start --port $(APP_PORT)

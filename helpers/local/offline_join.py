@@ -88,9 +88,7 @@ def join_features(
         ts_col = meta.timeseries_column
         if lookup.timestamp_lookup_key and lookup.timestamp_lookup_key not in left.column_names:
             raise ValueError(f"df is missing timestamp_lookup_key column {lookup.timestamp_lookup_key!r}")
-        wanted = list(
-            dict.fromkeys([*meta.key_columns, *lookup.feature_names])
-        )
+        wanted = list(dict.fromkeys([*meta.key_columns, *lookup.feature_names]))
         right = tables.read(lookup.table_name).select(wanted)
         left = _align_key_types(left, lookup, right.schema, meta.entity_keys)
         if ts_col and lookup.timestamp_lookup_key:
