@@ -13,6 +13,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from itertools import islice
@@ -235,6 +236,21 @@ class OnlineStore:
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
+    @contextmanager
+    def _write_transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, holding SQLite's write lock from the start; rolled back on any error."""
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.close()
+
     def _reader(self) -> sqlite3.Connection:
         """This thread's read connection (each thread keeps one, with its prepared statements)."""
         conn = self._local.conn
@@ -306,22 +322,13 @@ class OnlineStore:
         parse_uc_name(source_table_name, "source table")
         parse_uc_name(online_table_name, "online table")
         meta = tables.meta(source_table_name)
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Read the version only once holding the write lock: a publish that read it earlier could
-                # otherwise land after a newer one and roll the online table back.
-                version = tables.version(source_table_name)
-                result = self._publish_locked(
-                    conn, meta, online_table_name, tables, version, snapshot, online_store
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        finally:
-            conn.close()
+        with self._write_transaction() as conn:
+            # Read the version only once holding the write lock: a publish that read it earlier could
+            # otherwise land after a newer one and roll the online table back.
+            version = tables.version(source_table_name)
+            result = self._publish_locked(
+                conn, meta, online_table_name, tables, version, snapshot, online_store
+            )
         log.info("published %s -> %s: %s", source_table_name, online_table_name, result)
         return result
 
@@ -390,20 +397,11 @@ class OnlineStore:
 
     def drop(self, online_table_name: str) -> None:
         """Remove an online table and its registry entry."""
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if _fetch_entry(conn, "online_table_name", online_table_name) is None:
-                    raise TableNotPublishedError(f"online table {online_table_name} does not exist")
-                conn.execute(f"DROP TABLE IF EXISTS {_q(online_table_name)}")
-                conn.execute("DELETE FROM _published WHERE online_table_name = ?", (online_table_name,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        finally:
-            conn.close()
+        with self._write_transaction() as conn:
+            if _fetch_entry(conn, "online_table_name", online_table_name) is None:
+                raise TableNotPublishedError(f"online table {online_table_name} does not exist")
+            conn.execute(f"DROP TABLE IF EXISTS {_q(online_table_name)}")
+            conn.execute("DELETE FROM _published WHERE online_table_name = ?", (online_table_name,))
 
     # named online stores (what create_online_store makes; the data all lives in this one database)
     def save_store(self, name: str, spec: dict[str, Any]) -> None:
