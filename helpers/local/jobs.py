@@ -242,7 +242,7 @@ class LocalJobs:
         if job_id is not None:
             self.get_job(job_id)
         return self.store.list_runs(
-            None if job_id is None else int(job_id),
+            None if job_id is None else _int(job_id, "job_id"),
             ACTIVE_STATES if active_only else None,
             ACTIVE_STATES if completed_only else None,
             offset,
@@ -420,13 +420,19 @@ def _in_dependency_order(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return ordered
 
 
+_DIGITS = re.compile(r"^\s*-?\d{1,25}\s*$")
+
+
 def _int(value: Any, name: str) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    """An id as JSON gives it (a number, or a string of digits); a 64-bit integer, as on Databricks."""
+    integral = isinstance(value, float) and value.is_integer()
+    digits = isinstance(value, str) and _DIGITS.match(value)
+    number = (
+        int(value) if isinstance(value, int) and not isinstance(value, bool) or integral or digits else None
+    )
+    if number is None or not -(2**63) <= number < 2**63:
+        raise ValueError(f"{name} must be a 64-bit integer, got {str(value)[:100]!r}")
+    return number
 
 
 def _seconds(value: Any, name: str) -> int:

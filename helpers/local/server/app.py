@@ -7,7 +7,6 @@ The route table is in ``create_app``. Handlers stay short: serving lives in ``se
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +21,7 @@ from starlette.exceptions import HTTPException
 from helpers.local.server import jobs_api
 from helpers.local.server.auth import BearerToken
 from helpers.local.server.errors import ApiError, bad_request
+from helpers.local.server.limits import decode_json, read_body
 from helpers.local.server.serving import EndpointRegistry
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,7 @@ def _registry(request: Request) -> EndpointRegistry:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise bad_request(f"the request body is not valid JSON: {err}") from None
+    body = decode_json(await read_body(request) or b"{}")
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     return body
@@ -73,7 +70,7 @@ async def put_ai_gateway(name: str, request: Request) -> dict[str, Any]:
 
 
 async def invoke(name: str, request: Request) -> Response:
-    served, answer = await _registry(request).invoke(name, await request.body())
+    served, answer = await _registry(request).invoke(name, await read_body(request))
     return Response(answer, media_type="application/json", headers={"served-model-name": served})
 
 

@@ -21,6 +21,7 @@ from helpers.local.job_runner import OUTPUT_LIMIT
 from helpers.local.job_store import JobRecord, RunRecord, State, TaskRunRecord
 from helpers.local.jobs import LocalJobs
 from helpers.local.server.errors import ApiError, bad_request
+from helpers.local.server.limits import decode_json, read_body
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -65,13 +66,10 @@ async def _call(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    raw = await read_body(request)
     if not raw.strip():
         return {}
-    try:
-        body = await request.json()
-    except ValueError:
-        raise bad_request("the request body is not valid JSON") from None
+    body = decode_json(raw)
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     return body
@@ -82,9 +80,12 @@ def _query_int(request: Request, name: str, default: int | None = None) -> int |
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
-        raise bad_request(f"{name} must be an integer, got {raw!r}") from None
+        raise bad_request(f"{name} must be an integer, got {raw[:100]!r}") from None
+    if not -(2**63) <= value < 2**63:
+        raise bad_request(f"{name} must be a 64-bit integer, got {raw[:100]!r}")
+    return value
 
 
 def _query_bool(request: Request, name: str) -> bool:
