@@ -344,7 +344,7 @@ class LocalJobs:
         timeout = _seconds(settings.get("timeout_seconds", 0), "timeout_seconds")
         queue = _queue_enabled(settings.get("queue", {"enabled": False}), "queue")
         parameters = []
-        for i, parameter in enumerate(settings.get("parameters") or []):
+        for i, parameter in enumerate(_list(settings.get("parameters"), "parameters")):
             if not isinstance(parameter, dict) or not _KEY.match(str(parameter.get("name", ""))):
                 raise ValueError(
                     f"parameters[{i}] needs a name of letters, digits, '_', '-', '.'; got {parameter!r}"
@@ -397,7 +397,7 @@ class LocalJobs:
             if task.get("run_if", "ALL_SUCCESS") != "ALL_SUCCESS":
                 raise ValueError(f"{where}.run_if: only ALL_SUCCESS is supported by the local workspace")
         for i, task in enumerate(tasks):
-            for dependency in task.get("depends_on") or []:
+            for dependency in _list(task.get("depends_on"), f"tasks[{i}].depends_on"):
                 if not isinstance(dependency, dict) or dependency.get("task_key") not in keys:
                     raise ValueError(f"tasks[{i}].depends_on names an unknown task: {dependency!r}")
         _in_dependency_order(tasks)
@@ -433,6 +433,15 @@ def _int(value: Any, name: str) -> int:
     if number is None or not -(2**63) <= number < 2**63:
         raise ValueError(f"{name} must be a 64-bit integer, got {str(value)[:100]!r}")
     return number
+
+
+def _list(value: Any, name: str) -> list[Any]:
+    """An optional list setting (absent or null: empty)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"{name} must be a list, got {str(value)[:100]!r}")
+    return value
 
 
 def _seconds(value: Any, name: str) -> int:

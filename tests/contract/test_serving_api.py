@@ -6,13 +6,16 @@ spec over a published Delta table, all in a temporary state directory.
 
 from __future__ import annotations
 
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 import pandas as pd
+import psutil
 import pyarrow as pa
 import pytest
 import requests
@@ -39,7 +42,14 @@ from sklearn.linear_model import LogisticRegression
 
 from helpers.local.functions import FunctionRegistry
 from helpers.local.publishing import OnlinePublishingMixin
-from helpers.local.server.process import ServerInfo, ensure_server, read_info, running_server, stop_server
+from helpers.local.server.process import (
+    ServerInfo,
+    ensure_server,
+    info_path,
+    read_info,
+    running_server,
+    stop_server,
+)
 from helpers.local.tables import DeltaTables, TableMeta
 
 MODEL = "main.default.tiny_model"
@@ -155,6 +165,15 @@ def test_host_metadata_needs_no_token_but_every_api_does(workspace: Workspace) -
     assert bare.status_code == 401 and bare.json()["error_code"] == "UNAUTHENTICATED"
     with pytest.raises(NotFound):
         workspace.client().api_client.do("GET", "/api/2.0/no-such-api")
+
+
+def test_the_server_listens_on_loopback_only_and_keeps_its_token_private(workspace: Workspace) -> None:
+    info = workspace.server
+    assert urlparse(info.url).hostname == "127.0.0.1"
+    connections = psutil.Process(info.pid).net_connections(kind="inet")
+    listening = [c.laddr for c in connections if c.status == psutil.CONN_LISTEN]
+    assert listening and all(address.ip == "127.0.0.1" for address in listening), listening
+    assert stat.S_IMODE(info_path(workspace.state_dir).stat().st_mode) == 0o600
 
 
 def test_model_endpoint_lifecycle(workspace: Workspace) -> None:

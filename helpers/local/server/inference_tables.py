@@ -132,7 +132,7 @@ def payload_row(
 class PayloadLogger:
     """Buffers payload rows per table and appends them to Delta in batches, off the request path."""
 
-    def __init__(self, state_dir: Path, *, flush_seconds: float = 1.0, max_rows: int = 500) -> None:
+    def __init__(self, state_dir: Path, *, flush_seconds: float = 5.0, max_rows: int = 5000) -> None:
         self._tables = DeltaTables(state_dir)
         self._flush_seconds = flush_seconds
         self._max_rows = max_rows

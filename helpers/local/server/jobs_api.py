@@ -82,8 +82,8 @@ def _query_int(request: Request, name: str, default: int | None = None) -> int |
     try:
         value = int(raw)
     except ValueError:
-        raise bad_request(f"{name} must be an integer, got {raw[:100]!r}") from None
-    if not -(2**63) <= value < 2**63:
+        value = None
+    if value is None or not -(2**63) <= value < 2**63:
         raise bad_request(f"{name} must be a 64-bit integer, got {raw[:100]!r}")
     return value
 
@@ -105,8 +105,8 @@ def _page(request: Request) -> int:
     """``page_token`` (from a previous answer) wins over the deprecated ``offset``."""
     token = request.query_params.get("page_token")
     if token:
-        if not token.isdigit():
-            raise bad_request(f"page_token {token!r} is not a token this server issued")
+        if not token.isdigit() or len(token) > 18:
+            raise bad_request(f"page_token {token[:100]!r} is not a token this server issued")
         return int(token)
     return _query_int(request, "offset", 0) or 0
 

@@ -48,6 +48,7 @@ def write_info(state_dir: Path, info: ServerInfo) -> None:
     path = info_path(state_dir)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a leftover temporary file keeps its old mode through O_CREAT
     with os.fdopen(fd, "w") as handle:
         json.dump(asdict(info), handle)
     tmp.replace(path)

@@ -255,6 +255,21 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def _is_tag(tag: Any) -> bool:
+    return isinstance(tag, dict) and _is_text(tag.get("key")) and isinstance(tag.get("value", ""), str | None)
+
+
+def _is_text(value: Any) -> bool:
+    """A string that UTF-8 can encode (JSON can carry lone surrogates, which it cannot)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_invocation(body: bytes) -> tuple[str, Any, dict[str, Any] | None, str | None]:
     """(input format, payload, params, client_request_id) of an invocation body; 400 naming what is wrong.
 
@@ -272,8 +287,9 @@ def parse_invocation(body: bytes) -> tuple[str, Any, dict[str, Any] | None, str 
     if params is not None and not isinstance(params, dict):
         raise bad_request("params must be an object (name -> value)")
     client_request_id = data.get("client_request_id")
-    if client_request_id is not None and not isinstance(client_request_id, str):
-        raise bad_request("client_request_id must be a string")
+    if client_request_id is not None and not _is_text(client_request_id):
+        # A lone surrogate ("\ud800" in JSON) cannot be stored: it would block the inference table's writes.
+        raise bad_request("client_request_id must be a string of valid Unicode text")
     return present[0], data[present[0]], params, client_request_id
 
 
@@ -425,8 +441,10 @@ class EndpointRegistry:
                 "starting with a letter or digit, at most 63 characters"
             )
         tags = body.get("tags") or []
-        if not isinstance(tags, list) or not all(isinstance(t, dict) and "key" in t for t in tags):
-            raise bad_request("tags must be a list of {key, value} objects")
+        if not isinstance(tags, list) or not all(_is_tag(t) for t in tags):
+            raise bad_request("tags must be a list of {key, value} objects with string keys and values")
+        if not isinstance(body.get("description", ""), str | None):
+            raise bad_request("description must be a string")
         config_body = body.get("config")
         if not isinstance(config_body, dict):
             raise bad_request("config is required: {'served_entities': [{'entity_name': ..., ...}]}")

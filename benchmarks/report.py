@@ -1,0 +1,124 @@
+"""The results table (Markdown), machine facts and the PNG plot."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+OURS = "local twin"
+LOGGED = "local twin + inference table"  # the same endpoint logging every request to its payload table
+PACKAGES = (
+    "mlflow",
+    "databricks-feature-engineering",
+    "databricks-sdk",
+    "fastapi",
+    "uvicorn",
+    "deltalake",
+    "pandas",
+    "scikit-learn",
+)
+
+
+@dataclass
+class Row:
+    workload: str
+    system: str
+    concurrency: int | None
+    rps: float  # requests/s, or rows/s for publish and batch rows
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    errors: int | None = None
+    requests: int | None = None
+    ratio: float | None = None  # ours ÷ peer (throughput)
+
+
+def add_ratios(rows: list[Row]) -> None:
+    """Set ``ratio`` on the local twin's rows: its rate over the peer's (same workload and concurrency).
+
+    With the inference table on, the ratio is over the twin's own rate with logging off: the logging cost.
+    """
+    ours = {(r.workload, r.concurrency): r for r in rows if r.system == OURS}
+    peers = {(r.workload, r.concurrency): r for r in rows if r.system not in (OURS, LOGGED)}
+    for row in rows:
+        base = {OURS: peers, LOGGED: ours}.get(row.system, {}).get((row.workload, row.concurrency))
+        if base is not None and base.rps > 0:
+            row.ratio = row.rps / base.rps
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| workload | system | concurrency | rps (rows/s) | p50 ms | p90 ms | p99 ms | errors "
+        "| ratio to peer |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        errors = "—" if r.errors is None else f"{r.errors} / {r.requests}"
+        ratio = "—" if r.ratio is None else f"{r.ratio:.2f}×"
+        lines.append(
+            f"| {r.workload} | {r.system} | {r.concurrency or '—'} | {_f(r.rps)} | {_f(r.p50_ms, 2)} | "
+            f"{_f(r.p90_ms, 2)} | {_f(r.p99_ms, 2)} | {errors} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def _version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def machine_facts(extra: dict[str, str]) -> str:
+    wrk = "absent (in-repo Python generator used)"
+    if shutil.which("wrk"):
+        out = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+        wrk = (out.stdout or out.stderr).split("\n")[0].strip()
+    facts = {
+        "cores": str(os.cpu_count()),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "load generator": wrk,
+        **{name: _version(name) for name in PACKAGES},
+        **extra,
+    }
+    return "\n".join(f"- {k}: {v}" for k, v in facts.items())
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    """Bars of requests/s and p99 per workload and concurrency, the local twin next to its peer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    timed = [r for r in rows if r.p99_ms is not None]
+    groups = list(dict.fromkeys((r.workload, r.concurrency) for r in timed))
+    systems = list(dict.fromkeys(r.system if r.system == OURS else "peer" for r in timed))
+    labels = [f"{w}\nc={c}" for w, c in groups]
+    x = np.arange(len(groups))
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.4 * len(groups)), 8), sharex=True)
+    for i, system in enumerate(systems):
+        pick = {(r.workload, r.concurrency): r for r in timed if (r.system == OURS) == (system == OURS)}
+        for ax, attr in zip(axes, ("rps", "p99_ms"), strict=True):
+            values = [getattr(pick[g], attr) if g in pick else 0 for g in groups]
+            ax.bar(x + (i - 0.5) * 0.4, values, width=0.4, label=system)
+    axes[0].set_ylabel("requests/s (higher is better)")
+    axes[1].set_ylabel("p99 latency, ms, log scale (lower is better)")
+    axes[1].set_yscale("log")
+    axes[1].set_xticks(x, labels, fontsize=8)
+    axes[0].legend(title="peer = feast serve (lookups) / mlflow models serve (fraud)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
