@@ -11,6 +11,7 @@ import asyncio
 import getpass
 import json
 import logging
+import os
 import random
 import re
 import sqlite3
@@ -414,7 +415,10 @@ class EndpointRegistry:
     # lifecycle
     def start(self) -> None:
         """Reload persisted endpoints and redeploy their configurations in the background."""
-        self._loader.submit(_warm_up_mlflow)
+        # The registry is named now, while the environment is the server's: a warm-up that ran after a test
+        # restored its environment would otherwise open MLflow's default ./mlflow.db.
+        registry = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self._state_dir / 'mlflow.db'}"
+        self._loader.submit(_warm_up_mlflow, registry)
         with self._lock:
             for (text,) in self._db.execute("SELECT doc FROM serving_endpoints ORDER BY name"):
                 endpoint = Endpoint.from_doc(text)
@@ -760,13 +764,14 @@ class EndpointRegistry:
         return ModelPredictor(mlflow.pyfunc.load_model(uri))
 
 
-def _warm_up_mlflow() -> None:
+def _warm_up_mlflow(registry_uri: str) -> None:
     """Import MLflow and open its registry once, so the first endpoint does not pay for it (seconds)."""
     try:
         import mlflow
         import mlflow.pyfunc.scoring_server  # noqa: F401 - the request parser ModelPredictor uses
 
-        mlflow.MlflowClient().search_registered_models(max_results=1)
+        client = mlflow.MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
+        client.search_registered_models(max_results=1)
     except Exception:  # a registry problem shows up, with its message, when a model is loaded
         log.warning("MLflow warm-up failed", exc_info=True)
 
