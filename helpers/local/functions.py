@@ -84,7 +84,12 @@ class FunctionRegistry:
 
     def callable(self, name: str) -> Callable[..., Any]:
         """The compiled function, cached until its definition file changes."""
-        mtime = self._path(name).stat().st_mtime if self._path(name).exists() else -1.0
+        # Called per request: one name check and one stat, not two of each.
+        path = self._path(name)
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            mtime = -1.0  # self.get below raises the clear "does not exist" error
         cached = self._compiled.get(name)
         if cached is None or cached[0] != mtime:
             cached = (mtime, self.get(name).compile())
