@@ -1,13 +1,17 @@
 # Two commands do all setup on a fresh machine: `make run` and `make test`.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# `make smoke INSTALL= VENV=<other venv>` uses a venv as it is, without installing into it.
+INSTALL ?= $(STAMP)
+# This checkout's helpers win over whatever the venv has installed (notebook kernels and servers inherit it).
+export PYTHONPATH := $(CURDIR)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 RUN_DIR := .workspace/executed
 APP_PORT ?= 8501
 
-.PHONY: install run test lint bench app stop clean
+.PHONY: install run test smoke lint bench app stop clean
 
 install: $(STAMP)
 
@@ -18,23 +22,26 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
-run: $(STAMP)  ## execute every notebook end to end on the local backend
+run: $(INSTALL)  ## execute every notebook end to end on the local backend
 	$(PY) -m helpers.run_notebooks --output-dir $(RUN_DIR) $(NOTEBOOKS)
 
-test: $(STAMP)  ## the test suite (small sizes), including notebook smoke runs
+test: $(INSTALL)  ## the test suite (small sizes), including notebook smoke runs
 	$(PY) -m pytest -q
 
-lint: $(STAMP)
+smoke: $(INSTALL)  ## the quick subset: every notebook that applies, in order, plus the bundle and settings
+	$(PY) -m pytest -q tests/test_notebooks.py tests/test_bundle.py tests/test_config.py
+
+lint: $(INSTALL)
 	$(VENV)/bin/ruff check helpers tests app benchmarks
 	$(VENV)/bin/ruff format --check helpers tests app benchmarks
 
-bench: $(STAMP)  ## benchmarks vs Feast and mlflow models serve (BENCH_ARGS=--quick for a smoke run)
+bench: $(INSTALL)  ## benchmarks vs Feast and mlflow models serve (BENCH_ARGS=--quick for a smoke run)
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
-app: $(STAMP)  ## the dashboard (app/) on 127.0.0.1:$(APP_PORT), against the local workspace server
+app: $(INSTALL)  ## the dashboard (app/) on 127.0.0.1:$(APP_PORT), against the local workspace server
 	$(PY) -m helpers.local.dashboard start --port $(APP_PORT)
 
-stop: $(STAMP)  ## stop the dashboard and the local workspace server
+stop: $(INSTALL)  ## stop the dashboard and the local workspace server
 	$(PY) -m helpers.local.dashboard stop
 	$(PY) -m helpers.local.server stop
 

@@ -1,7 +1,8 @@
 """One settings object for every notebook, test, server and job.
 
 Precedence, highest first: explicit arguments (papermill parameters), environment variables
-(``HELPERS_<FIELD>``), then the defaults below.
+(``HELPERS_<FIELD>``), the variables' defaults in ``project.yml`` at the project root (the same file the
+Databricks Asset Bundle includes), then the defaults below (the demo's).
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_FILE = PROJECT_ROOT / "project.yml"
 Backend = Literal["local", "databricks"]
 
 
@@ -22,12 +26,35 @@ def detect_backend() -> Backend:
 
 @dataclass(frozen=True)
 class Settings:
-    """Where things live and how big the demo data is."""
+    """Where things live, what they are called, which data feeds them and how big the demo data is."""
 
     backend: Backend = "local"
     catalog: str = "main"
     schema: str = "serving_demo"
     state_dir: Path = PROJECT_ROOT / ".workspace"
+    # Names of what the notebooks create.
+    model_name: str = "fraud_model"
+    model_endpoint: str = "fraud-scoring"
+    online_store_name: str = "serving-demo-store"
+    job_name: str = "shelf_layout_optimization"
+    job_endpoint: str = "shelf-layouts"
+    # The scored events and their entities: the demo's, or your own (``source`` + the column mapping).
+    source: str = ""  # CSV or Parquet path (relative to the project root) or a table name; "" = demo data
+    entity_key: str = "customer_id"
+    event_key: str = "transaction_id"
+    event_timestamp: str = "ts"
+    label: str = "is_fraud"
+    request_columns: tuple[str, ...] = (
+        "amount",
+        "merchant_category",
+        "hour",
+        "channel",
+        "distance_from_home_km",
+    )
+    ratio_feature: str = "amount/avg_amount_30d"  # an on-demand UDF feature "<request column>/<feature>"
+    features_table: str = "customer_features"
+    events_table: str = "transactions"
+    # Sizes of the demo data.
     n_customers: int = 2_000
     n_transactions: int = 20_000
     n_products: int = 40
@@ -37,6 +64,15 @@ class Settings:
     def table(self, name: str) -> str:
         """Three-level Unity Catalog name of an object in this catalog and schema."""
         return f"{self.catalog}.{self.schema}.{name}"
+
+    @property
+    def uses_demo_data(self) -> bool:
+        return not self.source
+
+    @property
+    def inference_table_prefix(self) -> str:
+        """Prefix of the model endpoint's inference tables: its name with ``_`` for ``-``."""
+        return self.model_endpoint.replace("-", "_")
 
 
 _ENV_PREFIX = "HELPERS_"
@@ -51,13 +87,36 @@ def _coerce(name: str, value: Any) -> Any:
             raise ValueError(f"setting {name!r} must be an integer, got {value!r}") from None
     if kind == "Path":
         return Path(value).expanduser().resolve()
+    if kind == "tuple[str, ...]":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
+            raise ValueError(f"setting {name!r} must be a list of column names, got {value!r}")
+        return tuple(item.strip() for item in items if item.strip())
     if kind == "Backend" and value not in ("local", "databricks"):
         raise ValueError(f"setting 'backend' must be 'local' or 'databricks', got {value!r}")
+    if kind == "str" and not isinstance(value, str):
+        raise ValueError(f"setting {name!r} must be a string, got {value!r}")
     return value
 
 
+def project_settings(path: Path = PROJECT_FILE) -> dict[str, Any]:
+    """The defaults of the bundle variables in ``project.yml`` that are settings (empty without the file)."""
+    if not path.is_file():
+        return {}
+    try:
+        variables = (yaml.safe_load(path.read_text()) or {}).get("variables") or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: {error}") from None
+    known = {f.name for f in fields(Settings)}
+    return {
+        name: _coerce(name, spec["default"])
+        for name, spec in variables.items()
+        if name in known and isinstance(spec, dict) and "default" in spec
+    }
+
+
 def get_settings(**overrides: Any) -> Settings:
-    """Settings from defaults, then ``HELPERS_*`` environment variables, then ``overrides``.
+    """Settings from defaults, ``project.yml``, ``HELPERS_*`` environment variables, then ``overrides``.
 
     ``None`` overrides are ignored, so a notebook can pass its parameters straight through.
     """
@@ -65,7 +124,7 @@ def get_settings(**overrides: Any) -> Settings:
     unknown = set(overrides) - known
     if unknown:
         raise TypeError(f"unknown setting(s): {sorted(unknown)}; known: {sorted(known)}")
-    values: dict[str, Any] = {"backend": detect_backend()}
+    values: dict[str, Any] = {"backend": detect_backend(), **project_settings()}
     for name in known:
         env = os.environ.get(_ENV_PREFIX + name.upper())
         if env not in (None, ""):

@@ -323,20 +323,28 @@ def generate_transactions(
     )
 
 
-def late_labels(transactions: pd.DataFrame, seed: int, delay_days: int = 30) -> pd.DataFrame:
-    """When each fraud label becomes known: ``transaction_id``, ``is_fraud``, ``labeled_at``.
+def late_labels(
+    events: pd.DataFrame,
+    seed: int,
+    delay_days: int = 30,
+    *,
+    key: str = "transaction_id",
+    timestamp: str = "ts",
+    label: str = "is_fraud",
+) -> pd.DataFrame:
+    """When each label becomes known: ``key``, ``label`` and ``labeled_at``.
 
-    Labels arrive between one day and ``delay_days`` days after the transaction (chargebacks take time).
+    Labels arrive between one day and ``delay_days`` days after the event (chargebacks take time).
     """
-    _check_columns(transactions, ("transaction_id", "ts", "is_fraud"), "transactions")
+    _check_columns(events, (key, timestamp, label), "events")
     _check_count(delay_days, "delay_days")
     rng = _rng(seed, "labels")
-    delay_us = rng.integers(_DAY_US, delay_days * _DAY_US + 1, len(transactions))
+    delay_us = rng.integers(_DAY_US, delay_days * _DAY_US + 1, len(events))
     return pd.DataFrame(
         {
-            "transaction_id": transactions["transaction_id"].to_numpy(np.int64),
-            "is_fraud": transactions["is_fraud"].to_numpy(np.int64),
-            "labeled_at": transactions["ts"].to_numpy("datetime64[us]") + delay_us.astype("timedelta64[us]"),
+            key: events[key].to_numpy(),
+            label: events[label].to_numpy(np.int64),
+            "labeled_at": events[timestamp].to_numpy("datetime64[us]") + delay_us.astype("timedelta64[us]"),
         }
     )
 

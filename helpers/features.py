@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from helpers import platform
+from helpers.config import Settings
 
 
 def table_exists(fe: Any, name: str) -> bool:
@@ -62,3 +64,71 @@ def create_feature_spec_if_missing(
             raise
         return "exists"
     return "created"
+
+
+@dataclass(frozen=True)
+class RatioFeature:
+    """An on-demand feature ``numerator / denominator``: a request-time value over a looked-up one."""
+
+    udf_name: str
+    numerator: str
+    denominator: str
+
+    @property
+    def output_name(self) -> str:
+        return f"{self.numerator}_to_{self.denominator}"
+
+
+def ratio_feature(cfg: Settings) -> RatioFeature | None:
+    """The ``ratio_feature`` setting (``"<request column>/<feature>"``) parsed, or None when it is empty."""
+    if not cfg.ratio_feature:
+        return None
+    numerator, slash, denominator = cfg.ratio_feature.partition("/")
+    if not slash or not numerator.strip() or not denominator.strip():
+        raise ValueError(f"ratio_feature must look like 'amount/avg_amount_30d', got {cfg.ratio_feature!r}")
+    numerator = numerator.strip()
+    return RatioFeature(cfg.table(f"{numerator}_ratio"), numerator, denominator.strip())
+
+
+def create_ratio_function(cfg: Settings) -> str | None:
+    """Register the ratio UDF in Unity Catalog (the same body locally); returns its SQL, None if unset."""
+    ratio = ratio_feature(cfg)
+    if ratio is None:
+        return None
+    return platform.create_python_function(
+        ratio.udf_name,
+        params={"numerator": "DOUBLE", "denominator": "DOUBLE"},
+        returns="DOUBLE",
+        body="return None if numerator is None or not denominator else numerator / denominator",
+    )
+
+
+def entity_feature_names(fe: Any, cfg: Settings) -> list[str]:
+    """The feature columns of the entity feature table (its keys and timestamp excluded)."""
+    table = fe.get_table(name=cfg.table(cfg.features_table))
+    keys = {*table.primary_keys, *(table.timestamp_keys or [])}
+    return [name for name in table.features if name not in keys]
+
+
+def event_feature_lookups(cfg: Settings, feature_names: list[str]) -> list:
+    """The model's lookups: entity features point-in-time at the event, plus the ratio UDF if configured."""
+    from databricks.feature_engineering import FeatureFunction, FeatureLookup
+
+    lookups: list = [
+        FeatureLookup(
+            table_name=cfg.table(cfg.features_table),
+            lookup_key=cfg.entity_key,
+            timestamp_lookup_key=cfg.event_timestamp,
+            feature_names=feature_names,
+        )
+    ]
+    ratio = ratio_feature(cfg)
+    if ratio is not None:
+        lookups.append(
+            FeatureFunction(
+                udf_name=ratio.udf_name,
+                input_bindings={"numerator": ratio.numerator, "denominator": ratio.denominator},
+                output_name=ratio.output_name,
+            )
+        )
+    return lookups

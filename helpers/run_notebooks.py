@@ -10,6 +10,17 @@ from typing import Any
 
 import papermill
 
+from helpers.config import Settings, get_settings
+
+# Notebooks about other use cases than the scored events (customer offers, shelf layouts): they need the demo
+# tables, so they are skipped when the project brings its own source.
+DEMO_DATA_ONLY = ("02_batch_predictions_serving", "05_async_job_pattern")
+
+
+def for_project(paths: list[Path], cfg: Settings) -> list[Path]:
+    """``paths`` without the demo-only notebooks when ``cfg`` names its own source."""
+    return [path for path in paths if cfg.uses_demo_data or path.stem not in DEMO_DATA_ONLY]
+
 
 def run_notebooks(
     paths: list[Path], output_dir: Path, parameters: dict[str, Any] | None = None, cwd: Path | None = None
@@ -41,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     args = parser.parse_args(argv)
     parameters = {name: _literal(value) for name, value in args.parameter}
-    timings = run_notebooks(args.notebooks, args.output_dir, parameters)
+    cfg = get_settings(source=parameters.get("source"))
+    notebooks = for_project(args.notebooks, cfg)
+    for skipped in sorted(set(args.notebooks) - set(notebooks)):
+        print(f"skipped {skipped.name}: it needs the demo data (source = {cfg.source!r})", flush=True)
+    timings = run_notebooks(notebooks, args.output_dir, parameters)
     total = sum(t for _, t in timings)
     print(f"{len(timings)} notebooks executed in {total:.1f} s; outputs in {args.output_dir}")
     return 0

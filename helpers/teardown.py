@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 
 from helpers import platform
 from helpers.config import Settings
+from helpers.features import ratio_feature
 
 
 @dataclass(frozen=True)
@@ -29,31 +30,34 @@ class DemoResources:
 
 
 def demo_resources(cfg: Settings) -> DemoResources:
+    """What the notebooks create under the names ``cfg`` gives them."""
     table = cfg.table
+    ratio = ratio_feature(cfg)
     return DemoResources(
-        endpoints=("customer-offers", "fraud-scoring", "fraud-scoring-request", "shelf-layouts"),
-        jobs=("shelf_layout_optimization",),
+        endpoints=("customer-offers", cfg.model_endpoint, f"{cfg.model_endpoint}-request", cfg.job_endpoint),
+        jobs=(cfg.job_name,),
         feature_specs=(table("customer_offers_spec"), table("shelf_layout_spec")),
-        online_stores=("serving-demo-store",),
+        online_stores=(cfg.online_store_name,),
         tables=tuple(
             table(name)
             for name in (
-                "customer_features",
+                cfg.features_table,
                 "customers",
-                "transactions",
+                cfg.events_table,
                 "products",
                 "store_demand",
                 "customer_propensity",
                 "shelf_sales_history",
                 "shelf_layouts",
                 "shelf_layout_results",
-                "fraud_scoring_payload",
+                f"{cfg.inference_table_prefix}_payload",
             )
         ),  # fmt: skip
         models=tuple(
-            table(m) for m in ("fraud_model", "promo_model", "fraud_model_request", "shelf_demand_model")
+            table(m)
+            for m in (cfg.model_name, "promo_model", f"{cfg.model_name}_request", "shelf_demand_model")
         ),
-        functions=(table("amount_ratio"),),
+        functions=(ratio.udf_name,) if ratio else (),
     )
 
 

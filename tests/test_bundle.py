@@ -10,7 +10,7 @@ import papermill
 import pytest
 import yaml
 
-from helpers.config import PROJECT_ROOT
+from helpers.config import PROJECT_ROOT, get_settings
 
 BUNDLE = yaml.safe_load((PROJECT_ROOT / "databricks.yml").read_text())
 JOBS = BUNDLE["resources"]["jobs"]
@@ -56,10 +56,20 @@ def test_the_shelf_job_writes_under_its_own_run_id() -> None:
 
 def test_every_variable_used_is_defined() -> None:
     used = set(re.findall(r"\$\{var\.(\w+)\}", (PROJECT_ROOT / "databricks.yml").read_text()))
-    defined = set(BUNDLE["variables"])
+    included = [yaml.safe_load((PROJECT_ROOT / path).read_text()) for path in BUNDLE["include"]]
+    defined = set(BUNDLE["variables"]).union(*(part.get("variables", {}) for part in included))
     assert used <= defined, f"undefined variables: {sorted(used - defined)}"
     for target in BUNDLE["targets"].values():
         assert set(target.get("variables", {})) <= defined
+
+
+def test_the_project_variables_are_the_notebooks_settings() -> None:
+    variables = yaml.safe_load((PROJECT_ROOT / "project.yml").read_text())["variables"]
+    settings = get_settings()
+    assert "project.yml" in BUNDLE["include"]
+    for name, spec in variables.items():
+        value = getattr(settings, name)
+        assert value == (tuple(spec["default"]) if isinstance(value, tuple) else spec["default"]), name
 
 
 def test_the_job_cluster_installs_the_helpers_wheel_the_bundle_builds(tmp_path: Path) -> None:

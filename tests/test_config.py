@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.config import PROJECT_ROOT, get_settings
+from helpers.config import PROJECT_ROOT, get_settings, project_settings
 from helpers.names import parse_uc_name
 
 
@@ -14,7 +14,9 @@ def test_defaults_are_local_and_small(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = get_settings()
     assert cfg.backend == "local"
     assert cfg.state_dir == PROJECT_ROOT / ".workspace"
-    assert cfg.table("t") == "main.serving_demo.t"
+    project = project_settings()  # this project's names (project.yml) over the demo's
+    catalog, schema = project.get("catalog", "main"), project.get("schema", "serving_demo")
+    assert cfg.table("t") == f"{catalog}.{schema}.t"
 
 
 def test_environment_then_arguments_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -50,3 +52,22 @@ def test_bad_uc_names_are_refused(name: object) -> None:
 
 def test_good_uc_name() -> None:
     assert parse_uc_name("main.serving_demo.Customer_2").name == "Customer_2"
+
+
+def test_project_file_values_sit_between_defaults_and_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    project = tmp_path / "project.yml"
+    project.write_text(
+        "variables:\n"
+        "  catalog: {default: lending}\n"
+        "  request_columns: {type: complex, default: [loan_amount, purpose]}\n"
+        "  spark_version: {default: 15.4.x}\n"  # a bundle-only variable is not a setting
+    )
+    values = project_settings(project)
+    assert values == {"catalog": "lending", "request_columns": ("loan_amount", "purpose")}
+    monkeypatch.setenv("HELPERS_REQUEST_COLUMNS", "a, b")
+    assert get_settings().request_columns == ("a", "b")
+    project.write_text("variables:\n  catalog: {default: [1, 2]}\n")
+    with pytest.raises(ValueError, match="'catalog' must be a string"):
+        project_settings(project)

@@ -268,7 +268,7 @@ def _features(n: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
         (lambda: data.generate_products(-3, seed=1), "n_products"),
         (lambda: data.generate_store_demand(0, data.generate_products(3, seed=1), seed=1), "n_stores"),
         (lambda: data.generate_store_demand(2, pd.DataFrame({"product_id": [1]}), seed=1), "products"),
-        (lambda: data.late_labels(pd.DataFrame({"ts": []}), seed=1), "transactions"),
+        (lambda: data.late_labels(pd.DataFrame({"ts": []}), seed=1), "events"),
         (lambda: data.generate_demo_data(10, 100, 5, 0, seed=1), "n_stores"),
     ],
 )

@@ -8,9 +8,10 @@ from pathlib import Path
 import papermill
 import pytest
 
-from helpers.config import PROJECT_ROOT
+from helpers.config import PROJECT_ROOT, get_settings
+from helpers.run_notebooks import for_project
 
-NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = for_project(sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")), get_settings())
 SMALL = {
     "n_customers": 300,
     "n_transactions": 3_000,
@@ -62,8 +63,9 @@ def test_teardown_deletes_what_the_notebooks_created(shared_state: Path, tmp_pat
         str(notebook), str(tmp_path / notebook.name), cwd=str(notebook.parent), kernel_name="python3",
         progress_bar=False,
     )  # fmt: skip
+    cfg = get_settings()
     server = ensure_server(shared_state)
     w = WorkspaceClient(host=server.url, token=server.token, auth_type="pat")
     assert list(w.serving_endpoints.list()) == []
-    assert list(w.jobs.list(name="shelf_layout_optimization")) == []
-    assert not DeltaTables(shared_state).exists("main.serving_demo.transactions")
+    assert list(w.jobs.list(name=cfg.job_name)) == []
+    assert not DeltaTables(shared_state).exists(cfg.table(cfg.events_table))

@@ -49,9 +49,16 @@ def _healthy(url: str) -> bool:
 
 
 def app_environment(state_dir: Path) -> dict[str, str]:
-    """This process's environment plus the local server's host and token (other Databricks auth removed)."""
+    """This process's environment, the local server's host and token (other Databricks auth removed), and
+    the project's job and endpoint names (``project.yml``) unless the environment sets them."""
     server = ensure_server(state_dir)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DATABRICKS_")}
+    cfg = get_settings()
+    env = {
+        "SHELF_JOB_NAME": cfg.job_name,
+        "SHELF_RESULTS_ENDPOINT": cfg.job_endpoint,
+        "FRAUD_ENDPOINT": cfg.model_endpoint,
+        **{k: v for k, v in os.environ.items() if not k.startswith("DATABRICKS_")},
+    }
     env.update(
         DATABRICKS_HOST=server.url,
         DATABRICKS_TOKEN=server.token,
