@@ -7,7 +7,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 RUN_DIR := .workspace/executed
 APP_PORT ?= 8501
 
-.PHONY: install run test lint bench app stop clean
+.PHONY: install run test lint bench app stop clean docs
 
 install: $(STAMP)
 
@@ -37,6 +37,12 @@ app: $(STAMP)  ## the dashboard (app/) on 127.0.0.1:$(APP_PORT), against the loc
 stop: $(STAMP)  ## stop the dashboard and the local workspace server
 	$(PY) -m helpers.local.dashboard stop
 	$(PY) -m helpers.local.server stop
+
+docs: $(STAMP) | $(RUN_DIR)/$(notdir $(lastword $(NOTEBOOKS)))  ## the course site in site/, from the executed notebooks
+	DOCS_NOTEBOOKS_DIR=$(RUN_DIR) NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+$(RUN_DIR)/%.ipynb:  # no executed notebooks yet: execute them all (`make run` again refreshes them)
+	$(MAKE) run
 
 clean: stop
 	rm -rf .workspace
