@@ -92,7 +92,7 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
     for uri in nav_notebooks(config.nav):
         source = executed_notebook(uri.removeprefix(PAGES_PREFIX), directory)
         if failed(source):
-            log.warning(f"{source} stopped on an error; its page shows the traceback. Fix it and re-run.")
+            log.warning(f"{source} stopped on an error; fix the notebook and run `make run` again.")
         (staging / uri).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, staging / uri)
         files.append(File(uri, str(staging), config.site_dir, config.use_directory_urls))

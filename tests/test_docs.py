@@ -150,6 +150,13 @@ def _job_output(path: Path, input_path: str, exception: bool | None, mtime: int)
     return path
 
 
+def test_a_notebook_that_stopped_on_an_error_is_recognised(tmp_path: Path) -> None:
+    ok = _job_output(tmp_path / "ok" / "nb.ipynb", "/repo/notebooks/00.ipynb", None, 1_000)
+    stopped = _job_output(tmp_path / "stopped" / "nb.ipynb", "/repo/notebooks/00.ipynb", True, 1_000)
+    committed = NOTEBOOKS / "00_setup_feature_tables.ipynb"  # no papermill metadata at all
+    assert (hooks.failed(ok), hooks.failed(stopped), hooks.failed(committed)) == (False, True, False)
+
+
 def test_the_job_notebook_comes_from_the_newest_job_run_that_succeeded(tmp_path: Path) -> None:
     job = "/repo/notebooks/jobs/shelf_layout_optimization.ipynb"
     runs = tmp_path / "jobs" / "runs"
