@@ -11,7 +11,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 RUN_DIR := .workspace/executed
 APP_PORT ?= 8501
 
-.PHONY: install run test smoke lint bench app stop clean
+.PHONY: install run test smoke lint bench app stop clean docs
 
 install: $(STAMP)
 
@@ -32,8 +32,8 @@ smoke: $(INSTALL)  ## the quick subset: every notebook that applies, in order, p
 	$(PY) -m pytest -q tests/test_notebooks.py tests/test_bundle.py tests/test_config.py
 
 lint: $(INSTALL)
-	$(VENV)/bin/ruff check helpers tests app benchmarks
-	$(VENV)/bin/ruff format --check helpers tests app benchmarks
+	$(VENV)/bin/ruff check helpers tests app benchmarks docs
+	$(VENV)/bin/ruff format --check helpers tests app benchmarks docs
 
 bench: $(INSTALL)  ## benchmarks vs Feast and mlflow models serve (BENCH_ARGS=--quick for a smoke run)
 	$(PY) -m benchmarks $(BENCH_ARGS)
@@ -45,5 +45,11 @@ stop: $(INSTALL)  ## stop the dashboard and the local workspace server
 	$(PY) -m helpers.local.dashboard stop
 	$(PY) -m helpers.local.server stop
 
+docs: $(INSTALL) | $(RUN_DIR)/$(notdir $(lastword $(NOTEBOOKS)))  ## the course site in site/, from the executed notebooks
+	DOCS_NOTEBOOKS_DIR=$(RUN_DIR) NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+$(RUN_DIR)/%.ipynb:  # no executed notebooks yet: execute them all (`make run` again refreshes them)
+	$(MAKE) run
+
 clean: stop
-	rm -rf .workspace
+	rm -rf .workspace site
