@@ -7,7 +7,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 RUN_DIR := .workspace/executed
 APP_PORT ?= 8501
 
-.PHONY: install run test lint bench app stop clean
+.PHONY: install run test lint bench soak app stop clean
 
 install: $(STAMP)
 
@@ -30,6 +30,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)  ## benchmarks vs Feast and mlflow models serve (BENCH_ARGS=--quick for a smoke run)
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+soak: $(STAMP)  ## 60 s at 200 req/s on two endpoints: 0 errors and flat memory, or it fails (SOAK_ARGS=--rate 100)
+	$(PY) -m benchmarks.soak $(SOAK_ARGS)
 
 app: $(STAMP)  ## the dashboard (app/) on 127.0.0.1:$(APP_PORT), against the local workspace server
 	$(PY) -m helpers.local.dashboard start --port $(APP_PORT)
