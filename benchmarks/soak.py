@@ -7,7 +7,8 @@ seconds to 127.0.0.1 only. The server's RSS is sampled every second. Latency is
 counted from the scheduled send time, so a server that falls behind shows it (no coordinated omission).
 
 Writes ``benchmarks/results/soak-latest.md`` and ``soak-latest.png``; exits 1 if any request failed or the
-RSS grew faster than ``--max-slope`` MB/min over the second half of the run.
+RSS grew faster than ``--max-slope`` MB/min after the ``--warmup`` seconds (load at the same rate, with
+its requests counted, but not its memory growth: caches and thread pools fill first).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Summary:
     per_endpoint: dict[str, tuple[int, float, float]]  # requests, p50, p99
     rss_start_mb: float
     rss_end_mb: float
-    slope_mb_per_min: float  # least-squares slope of RSS over the second half
+    slope_mb_per_min: float  # least-squares slope of RSS after the warm-up
 
     def flat(self, max_slope: float) -> bool:
         return self.slope_mb_per_min < max_slope
@@ -65,18 +66,19 @@ class Summary:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__)
-    parser.add_argument("--rate", type=float, default=200.0, help="requests per second, both endpoints")
+    parser.add_argument("--rate", type=float, default=200.0, help="requests per second, in all")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     parser.add_argument("--customers", type=int, default=20_000, help="customers in the online store")
     parser.add_argument("--train-customers", type=int, default=5_000, help="customers behind training rows")
     parser.add_argument(
         "--fraud-share", type=float, default=0.1, help="share of the requests that go to the fraud model"
     )
-    parser.add_argument("--max-slope", type=float, default=1.0, help="flat memory: RSS slope below MB/min")
+    parser.add_argument("--warmup", type=float, default=20.0, help="seconds of load before the memory counts")
+    parser.add_argument("--max-slope", type=float, default=2.0, help="flat memory: RSS slope below MB/min")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
-    if args.rate <= 0 or args.duration <= 0 or args.customers < 1 or args.train_customers < 1:
-        parser.error("--rate, --duration, --customers and --train-customers must be positive")
+    if min(args.rate, args.duration, args.customers, args.train_customers) <= 0 or args.warmup < 0:
+        parser.error("--rate, --duration, --customers and --train-customers must be positive, --warmup >= 0")
     if not 0 <= args.fraud_share <= 1:
         parser.error("--fraud-share must be between 0 and 1")
     return args
@@ -180,8 +182,8 @@ class RssSampler:
         self._thread.join()
 
 
-def summarize(samples: list[Sample], rss: list[tuple[float, float]]) -> Summary:
-    """Counts, latency percentiles and the RSS slope (MB/min) over the second half of the samples."""
+def summarize(samples: list[Sample], rss: list[tuple[float, float]], after_s: float) -> Summary:
+    """Counts, latency percentiles and the RSS slope (MB/min) of the samples taken after ``after_s``."""
     latencies = np.array([s.latency_ms for s in samples] or [0.0])
     per_endpoint = {}
     for name in sorted({s.endpoint for s in samples}):
@@ -189,8 +191,8 @@ def summarize(samples: list[Sample], rss: list[tuple[float, float]]) -> Summary:
         per_endpoint[name] = (len(mine), float(np.percentile(mine, 50)), float(np.percentile(mine, 99)))
     times = np.array([t for t, _ in rss])
     mb = np.array([m for _, m in rss])
-    half = times >= times[-1] / 2 if len(times) else times
-    slope = float(np.polyfit(times[half] / 60, mb[half], 1)[0]) if half.sum() >= 3 else float("nan")
+    late = times >= after_s
+    slope = float(np.polyfit(times[late] / 60, mb[late], 1)[0]) if late.sum() >= 3 else float("nan")
     return Summary(
         sent=len(samples),
         errors=sum(bool(s.error) for s in samples),
@@ -198,7 +200,7 @@ def summarize(samples: list[Sample], rss: list[tuple[float, float]]) -> Summary:
         p50_ms=float(np.percentile(latencies, 50)),
         p99_ms=float(np.percentile(latencies, 99)),
         per_endpoint=per_endpoint,
-        rss_start_mb=float(mb[0]) if len(mb) else float("nan"),
+        rss_start_mb=float(mb[late][0]) if late.any() else float("nan"),
         rss_end_mb=float(mb[-1]) if len(mb) else float("nan"),
         slope_mb_per_min=slope,
     )
@@ -241,7 +243,7 @@ def document(args: argparse.Namespace, summary: Summary, verdict: str) -> str:
     return f"""# Soak of the local workspace server
 
 {datetime.now(UTC):%Y-%m-%d %H:%M UTC}, {args.customers:,} customers online: `python -m benchmarks.soak
---rate {args.rate:g} --duration {args.duration:g} --fraud-share {args.fraud_share:g}`.
+--rate {args.rate:g} --warmup {args.warmup:g} --duration {args.duration:g} --fraud-share {args.fraud_share}`.
 Open loop: requests leave on a fixed schedule over {SENDERS} keep-alive connections, {features:.0%} to the
 Feature Serving endpoint (one key) and {args.fraud_share:.0%} to the fraud model endpoint (one transaction,
 its features looked up); latency counts from the scheduled send time. Shared 2-core machine: noisy.
@@ -253,8 +255,8 @@ its features looked up); latency counts from the scheduled send time. Shared 2-c
 | requests sent | {summary.sent:,} |
 | errors | {summary.errors} {summary.error_kinds or ""} |
 | latency p50 / p99 (ms) | {summary.p50_ms:.1f} / {summary.p99_ms:.1f} |
-| server RSS at start / end (MB) | {summary.rss_start_mb:.1f} / {summary.rss_end_mb:.1f} |
-| RSS slope over the second half (MB/min) | {summary.slope_mb_per_min:+.2f} (flat: below {args.max_slope:g}) |
+| server RSS after the warm-up / at the end (MB) | {summary.rss_start_mb:.1f} / {summary.rss_end_mb:.1f} |
+| RSS slope after the warm-up (MB/min) | {summary.slope_mb_per_min:+.2f} (flat: below {args.max_slope:g}) |
 
 | endpoint | requests | p50 (ms) | p99 (ms) |
 |---|---|---|---|
@@ -288,14 +290,14 @@ def main(argv: list[str] | None = None) -> int:
         targets = {"features": (spec_url, lookups), "fraud": (fraud_url, scores)}
         headers = w.config.authenticate()  # type: ignore[attr-defined]
         shares = {"features": 1 - args.fraud_share, "fraud": args.fraud_share}
-        send_open_loop(targets, headers, min(args.rate, 50.0), 3.0, shares)  # warm both endpoints up
-        print(f"soak: {args.rate:g} req/s for {args.duration:g} s against server pid {info.pid}")
+        seconds = args.warmup + args.duration
+        print(f"soak: {args.rate:g} req/s for {seconds:g} s against server pid {info.pid}")
         with RssSampler(info.pid) as sampler:
-            samples = send_open_loop(targets, headers, args.rate, args.duration, shares)
+            samples = send_open_loop(targets, headers, args.rate, seconds, shares)
     finally:
         stop_server(state_dir)
 
-    summary = summarize(samples, sampler.samples)
+    summary = summarize(samples, sampler.samples, args.warmup)
     failed = []
     if summary.errors:
         failed.append(f"{summary.errors} request(s) failed")
