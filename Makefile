@@ -31,7 +31,7 @@ lint: $(STAMP)
 bench: $(STAMP)  ## benchmarks vs Feast and mlflow models serve (BENCH_ARGS=--quick for a smoke run)
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
-soak: $(STAMP)  ## 60 s at 200 req/s on two endpoints: 0 errors and flat memory, or it fails (SOAK_ARGS=--rate 100)
+soak: $(STAMP)  ## 200 req/s, 3 min warm-up + 60 s: 0 errors and flat memory, or it fails (SOAK_ARGS=--rate 100)
 	$(PY) -m benchmarks.soak $(SOAK_ARGS)
 
 app: $(STAMP)  ## the dashboard (app/) on 127.0.0.1:$(APP_PORT), against the local workspace server

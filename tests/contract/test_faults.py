@@ -364,7 +364,11 @@ def _register_models(state_dir: Path) -> None:
             signature = mlflow.models.infer_signature(x, y)
             model = LogisticRegression().fit(x, y)
             info = mlflow.sklearn.log_model(
-                model, name="model", signature=signature, registered_model_name=MODEL
+                model,
+                name="model",
+                signature=signature,
+                registered_model_name=MODEL,
+                pip_requirements=["scikit-learn"],  # skips inferring them (a subprocess per model)
             )
     artifacts = Path(urlparse(mlflow.get_logged_model(info.model_id).artifact_location).path)
     (artifacts / info.flavors["sklearn"]["pickled_model"]).write_bytes(b"not a model")
