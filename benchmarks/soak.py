@@ -2,8 +2,8 @@
 
 Builds small data (``benchmarks.build``), serves the Feature Serving and fraud model endpoints, and sends
 requests open loop (request ``i`` leaves at ``i / rate`` seconds whatever the answers do; ``--fraud-share`` of
-them to the fraud model, which costs ~20 ms of CPU each, the rest to the feature lookup) for ``--duration``
-seconds to 127.0.0.1 only. The server's RSS is sampled every second. Latency is
+them to the fraud model, which costs ~20 ms of CPU each, the rest to the feature lookup) for ``--warmup``
+plus ``--duration`` seconds, to 127.0.0.1 only. The server's RSS is sampled every second. Latency is
 counted from the scheduled send time, so a server that falls behind shows it (no coordinated omission).
 
 Writes ``benchmarks/results/soak-latest.md`` and ``soak-latest.png``; exits 1 if any request failed or the
