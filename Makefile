@@ -11,7 +11,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 RUN_DIR := .workspace/executed
 APP_PORT ?= 8501
 
-.PHONY: install run test smoke lint bench app stop clean docs
+.PHONY: install run test smoke lint bench soak app stop clean docs
 
 install: $(STAMP)
 
@@ -37,6 +37,9 @@ lint: $(INSTALL)
 
 bench: $(INSTALL)  ## benchmarks vs Feast and mlflow models serve (BENCH_ARGS=--quick for a smoke run)
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+soak: $(INSTALL)  ## 200 req/s, 3 min warm-up + 60 s: 0 errors and flat memory, or it fails (SOAK_ARGS=--rate 100)
+	$(PY) -m benchmarks.soak $(SOAK_ARGS)
 
 app: $(INSTALL)  ## the dashboard (app/) on 127.0.0.1:$(APP_PORT), against the local workspace server
 	$(PY) -m helpers.local.dashboard start --port $(APP_PORT)

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 SERVER_STOPPED = (
     "The local workspace server stopped while the run was active; the run was closed by the workspace server."
 )
+KERNEL_DIED = (
+    "Fatal error: the notebook's Python kernel died while running a cell (killed, out of memory or crashed)."
+)
 OUTPUT_LIMIT = 5 * 1024 * 1024  # Databricks returns the first 5 MB of a notebook's exit value
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -398,7 +401,7 @@ def _notebook_error(output: Path, log_path: Path) -> tuple[str, str]:
                 return f"{out.get('ename')}: {out.get('evalue')}", trace
     tail = log_path.read_text(errors="replace").strip().splitlines()[-20:] if log_path.exists() else []
     last = tail[-1] if tail else "the notebook process exited without output"
-    return f"Notebook execution failed: {last}", "\n".join(tail)
+    return (last if last == KERNEL_DIED else f"Notebook execution failed: {last}"), "\n".join(tail)
 
 
 def _load_notebook(path: Path) -> dict[str, Any]:
@@ -421,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     # python-jsonschema/jsonschema#1428); notebook schemas never use its IRI formats, so skip it.
     sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
     import papermill
+    from nbclient.exceptions import DeadKernelError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
@@ -436,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except papermill.PapermillExecutionError as exc:
         print(f"{exc.ename}: {exc.evalue}", file=sys.stderr)
+        return 1
+    except DeadKernelError:  # the kernel process ended mid-cell: killed (SIGKILL, out of memory) or crashed
+        print(KERNEL_DIED, file=sys.stderr)
         return 1
     return 0
 
