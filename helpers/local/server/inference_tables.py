@@ -159,7 +159,9 @@ class _Rows:
 class PayloadLogger:
     """Buffers payload rows per table and appends them to Delta in batches, off the request path."""
 
-    def __init__(self, state_dir: Path, *, flush_seconds: float = 5.0, max_rows: int = 5000) -> None:
+    # A Delta append costs ~55 ms of CPU per commit plus ~1.3 us a row (measured): 20,000 rows a commit
+    # costs ~4 us a row, 5,000 rows ~12. The crash window stays ``flush_seconds``.
+    def __init__(self, state_dir: Path, *, flush_seconds: float = 5.0, max_rows: int = 20_000) -> None:
         self._tables = DeltaTables(state_dir)
         self._flush_seconds = flush_seconds
         self._max_rows = max_rows
