@@ -46,9 +46,17 @@ def serve(state_dir: Path, port: int = 0) -> None:
     info = ServerInfo(
         f"http://127.0.0.1:{sock.getsockname()[1]}", "dapi" + secrets.token_hex(16), os.getpid()
     )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(state_dir, info.token), log_level="info", access_log=False, lifespan="on")
+    # httptools and uvloop: uvicorn's C HTTP parser and event loop. No proxy in front: no proxy headers.
+    config = uvicorn.Config(
+        create_app(state_dir, info.token),
+        http="httptools",
+        loop="uvloop",
+        proxy_headers=False,
+        log_level="info",
+        access_log=False,
+        lifespan="on",
     )
+    server = uvicorn.Server(config)
     write_info(state_dir, info)
     try:
         server.run(sockets=[sock])

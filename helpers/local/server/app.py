@@ -1,13 +1,16 @@
 """The local workspace server: the Databricks REST routes the notebooks use, on one FastAPI app.
 
 The route table is in ``create_app``. Handlers stay short: serving lives in ``serving.py``, jobs in
-``jobs_api.py``, the token check in ``auth.py`` and the error shapes in ``errors.py``.
+``jobs_api.py``, the token check in ``auth.py`` and the error shapes in ``errors.py``. Invocations, the one
+hot route, are answered by ``InvocationsApp`` in front of FastAPI: the same checks without FastAPI's routing,
+dependency solving and middleware stack (measured: ~0.6 -> ~0.35 ms of server CPU per single-key lookup).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +20,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
 from helpers.local.server import jobs_api
 from helpers.local.server.auth import BearerToken
@@ -69,11 +73,6 @@ async def put_ai_gateway(name: str, request: Request) -> dict[str, Any]:
     return _registry(request).put_ai_gateway(name, await _json_body(request))
 
 
-async def invoke(name: str, request: Request) -> Response:
-    served, answer = await _registry(request).invoke(name, await read_body(request))
-    return Response(answer, media_type="application/json", headers={"served-model-name": served})
-
-
 # The route table (all need the bearer token); the jobs routes come from jobs_api.router.
 ROUTES = (
     ("POST", "/api/2.0/serving-endpoints", create_endpoint),
@@ -82,8 +81,38 @@ ROUTES = (
     ("DELETE", "/api/2.0/serving-endpoints/{name}", delete_endpoint),
     ("PUT", "/api/2.0/serving-endpoints/{name}/config", update_config),
     ("PUT", "/api/2.0/serving-endpoints/{name}/ai-gateway", put_ai_gateway),
-    ("POST", "/serving-endpoints/{name}/invocations", invoke),
 )
+INVOCATIONS = re.compile(r"/serving-endpoints/(?P<name>[^/]+)/invocations")
+
+
+class InvocationsApp:
+    """``POST /serving-endpoints/{name}/invocations`` straight from ASGI; any other request goes to ``app``.
+
+    The token check, the body limit and the error shapes are the ones every other route uses.
+    """
+
+    def __init__(self, app: FastAPI, auth: BearerToken) -> None:
+        self.app = app
+        self._auth = auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = INVOCATIONS.fullmatch(scope["path"]) if scope["type"] == "http" else None
+        if match is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            await self._auth(request)
+            registry: EndpointRegistry = self.app.state.endpoints
+            served, answer = await registry.invoke(match["name"], await read_body(request))
+            response: Response = Response(
+                answer, media_type="application/json", headers={"served-model-name": served}
+            )
+        except ApiError as err:
+            response = await _api_error(request, err)
+        except Exception as err:
+            response = await _unexpected_error(request, err)
+        await response(scope, receive, send)
 
 
 # Errors in Databricks' shape -------------------------------------------------------------------------------
@@ -118,7 +147,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 # The app ---------------------------------------------------------------------------------------------------
-def create_app(state_dir: Path, token: str) -> FastAPI:
+def create_app(state_dir: Path, token: str) -> InvocationsApp:
     """The workspace server for ``state_dir``; every route but host metadata needs ``Bearer <token>``."""
     state_dir = Path(state_dir)
 
@@ -135,7 +164,8 @@ def create_app(state_dir: Path, token: str) -> FastAPI:
     app = FastAPI(title="local Databricks workspace", lifespan=lifespan, openapi_url=None, docs_url=None)
     app.state.endpoints = EndpointRegistry(state_dir)
     app.state.workspace_id = str(int(hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:13], 16))
-    auth = [Depends(BearerToken(token))]
+    bearer = BearerToken(token)
+    auth = [Depends(bearer)]
 
     app.add_api_route("/.well-known/databricks-config", host_metadata, methods=["GET"])  # no token needed
     for method, path, handler in ROUTES:
@@ -146,4 +176,4 @@ def create_app(state_dir: Path, token: str) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    return app
+    return InvocationsApp(app, bearer)

@@ -17,7 +17,7 @@ class BearerToken:
             raise ValueError("the server token must not be empty")
         self._expected = f"Bearer {token}".encode()
 
-    def __call__(self, request: Request) -> None:
+    async def __call__(self, request: Request) -> None:  # async: FastAPI runs a sync one in a thread
         header = request.headers.get("authorization")
         if not header:
             raise unauthenticated("Missing Authorization header: send 'Authorization: Bearer <token>'.")

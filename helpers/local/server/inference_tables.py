@@ -1,8 +1,10 @@
 """Inference tables: every invocation of an endpoint, logged to ``<catalog>.<schema>.<prefix>_payload``.
 
-Requests only append a row to an in-memory buffer; a background thread writes the buffer to the Delta table
-every ``flush_seconds`` or as soon as ``max_rows`` rows wait, and ``close`` writes what is left. A clean stop
-loses nothing; a crash (SIGKILL, power loss) loses at most the rows of the last ``flush_seconds``.
+Requests only append a row to an in-memory buffer, kept column by column (Arrow builds a table from columns
+some 40x faster than from row dicts, work that holds the GIL); a background thread writes the buffer to the
+Delta table every ``flush_seconds`` or as soon as ``max_rows`` rows wait, and ``close`` writes what is left.
+A clean stop loses nothing; a crash (SIGKILL, power loss) loses at most the rows of the last
+``flush_seconds``.
 """
 
 from __future__ import annotations
@@ -129,14 +131,41 @@ def payload_row(
     }
 
 
+class _Rows:
+    """Buffered payload rows of one table, as one list per column."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list[Any]] = {name: [] for name in PAYLOAD_SCHEMA.names}
+
+    def __len__(self) -> int:
+        return len(self.columns["databricks_request_id"])
+
+    def append(self, row: dict[str, Any]) -> None:
+        for name, values in self.columns.items():
+            values.append(row[name])
+
+    def extend(self, other: _Rows) -> None:
+        for name, values in self.columns.items():
+            values.extend(other.columns[name])
+
+    def drop_oldest(self, n: int) -> None:
+        for values in self.columns.values():
+            del values[:n]
+
+    def to_arrow(self) -> pa.Table:
+        return pa.Table.from_pydict(self.columns, schema=PAYLOAD_SCHEMA)
+
+
 class PayloadLogger:
     """Buffers payload rows per table and appends them to Delta in batches, off the request path."""
 
-    def __init__(self, state_dir: Path, *, flush_seconds: float = 5.0, max_rows: int = 5000) -> None:
+    # A Delta append costs ~55 ms of CPU per commit plus ~1.3 us a row (measured): 20,000 rows a commit
+    # costs ~4 us a row, 5,000 rows ~12. The crash window stays ``flush_seconds``.
+    def __init__(self, state_dir: Path, *, flush_seconds: float = 5.0, max_rows: int = 20_000) -> None:
         self._tables = DeltaTables(state_dir)
         self._flush_seconds = flush_seconds
         self._max_rows = max_rows
-        self._buffer: dict[str, list[dict[str, Any]]] = {}
+        self._buffer: dict[str, _Rows] = {}
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one writer at a time: the thread, or close()
         self._wake = threading.Event()
@@ -146,10 +175,12 @@ class PayloadLogger:
 
     def log(self, table: str, row: dict[str, Any]) -> None:
         with self._lock:
-            rows = self._buffer.setdefault(table, [])
+            rows = self._buffer.get(table)
+            if rows is None:
+                rows = self._buffer[table] = _Rows()
             rows.append(row)
             if len(rows) > MAX_BUFFERED_ROWS:
-                del rows[: len(rows) - MAX_BUFFERED_ROWS]
+                rows.drop_oldest(len(rows) - MAX_BUFFERED_ROWS)
                 log.warning("payload buffer of %s is full: dropped the oldest rows", table)
             full = len(rows) >= self._max_rows
         if full:
@@ -166,7 +197,10 @@ class PayloadLogger:
                 except Exception:  # a broken table never breaks serving; its rows wait for the next try
                     log.exception("writing %d payload rows to %s failed", len(rows), table)
                     with self._lock:
-                        self._buffer[table] = rows + self._buffer.get(table, [])
+                        newer = self._buffer.pop(table, None)
+                        if newer is not None:
+                            rows.extend(newer)
+                        self._buffer[table] = rows
 
     def close(self) -> None:
         """Stop the thread and write what is left (a clean stop loses nothing)."""
@@ -181,14 +215,14 @@ class PayloadLogger:
             self._wake.clear()
             self.flush()
 
-    def _append(self, table: str, rows: list[dict[str, Any]]) -> None:
+    def _append(self, table: str, rows: _Rows) -> None:
         if not self._tables.exists(table):
             meta = TableMeta(
                 table, ["databricks_request_id"], description="Inference table (payload log) of an endpoint"
             )
             with contextlib.suppress(ValueError):  # created meanwhile by another writer
                 self._tables.create(meta, None, PAYLOAD_SCHEMA)
-        data = pa.Table.from_pylist(rows, schema=PAYLOAD_SCHEMA)
+        data = rows.to_arrow()
         with self._tables.lock(table):
             write_deltalake(str(self._tables.path(table)), data, mode="append")
 

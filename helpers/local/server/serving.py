@@ -8,6 +8,7 @@ one keeps answering; the swap is one assignment, so no request fails during an u
 from __future__ import annotations
 
 import asyncio
+import gc
 import getpass
 import json
 import logging
@@ -149,38 +150,6 @@ class Predictor:
 
     def __call__(self, input_format: str, payload: Any, params: dict[str, Any] | None) -> dict[str, Any]:
         raise NotImplementedError
-
-
-class ModelPredictor(Predictor):
-    """An MLflow pyfunc model, parsed and answered exactly as MLflow's scoring server does."""
-
-    blocking = True
-
-    def __init__(self, model: Any) -> None:
-        from mlflow.exceptions import MlflowException
-        from mlflow.pyfunc.scoring_server import infer_and_parse_data
-        from mlflow.utils.proto_json_utils import _get_jsonable_obj
-
-        self._model = model
-        self._schema = model.metadata.get_input_schema()
-        self._parse = infer_and_parse_data
-        self._jsonable = _get_jsonable_obj
-        self._mlflow_error = MlflowException
-
-    def __call__(self, input_format: str, payload: Any, params: dict[str, Any] | None) -> dict[str, Any]:
-        try:
-            data = self._parse({input_format: payload}, self._schema)
-        except self._mlflow_error as err:
-            raise bad_request(err.message) from None
-        except Exception as err:  # the parser trips over some shapes (unhashable column names, ...)
-            raise bad_request(f"{input_format} cannot be read: {type(err).__name__}: {err}") from None
-        try:
-            raw = self._model.predict(data, params=params)
-        except self._mlflow_error as err:
-            raise model_error(err.message) from None
-        except Exception as err:  # the model's own failure is the caller's 400, as on Databricks
-            raise model_error(MODEL_ERROR.format(error=err)) from None
-        return {"predictions": self._jsonable(raw, pandas_orient="records")}
 
 
 class FeatureSpecPredictor(Predictor):
@@ -742,6 +711,10 @@ class EndpointRegistry:
                 return  # superseded by a newer configuration
             endpoint.last_updated_timestamp = _now_ms()
             self._persist(endpoint)
+        # Hide what is loaded (MLflow, pandas, sklearn, the models: ~350,000 objects) from the garbage
+        # collector: a full collection of them took 0.6-0.8 s on the busy 2-core machine, a stall that lands
+        # in some request's latency. Cyclic garbage of a model unloaded later is then never collected.
+        gc.freeze()
 
     def _load_entity(self, entity: ServedEntity) -> Predictor:
         started = time.perf_counter()
@@ -760,6 +733,8 @@ class EndpointRegistry:
             return FeatureSpecPredictor(spec, self._store, self._functions)
         import mlflow.pyfunc
 
+        from helpers.local.server.model_serving import ModelPredictor
+
         uri = f"models:/{entity.entity_name}/{entity.entity_version}"
         return ModelPredictor(mlflow.pyfunc.load_model(uri))
 
@@ -768,7 +743,8 @@ def _warm_up_mlflow(registry_uri: str) -> None:
     """Import MLflow and open its registry once, so the first endpoint does not pay for it (seconds)."""
     try:
         import mlflow
-        import mlflow.pyfunc.scoring_server  # noqa: F401 - the request parser ModelPredictor uses
+
+        import helpers.local.server.model_serving  # noqa: F401 - with the request parser it uses
 
         client = mlflow.MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
         client.search_registered_models(max_results=1)
