@@ -35,8 +35,9 @@ lint: $(INSTALL)
 	$(VENV)/bin/ruff check helpers tests app benchmarks docs
 	$(VENV)/bin/ruff format --check helpers tests app benchmarks docs
 
-bench: $(INSTALL)  ## benchmarks vs Feast and mlflow models serve (BENCH_ARGS=--quick for a smoke run)
+bench: $(INSTALL)  ## benchmarks vs Feast and mlflow models serve (BENCH_ARGS=--quick for a smoke run), then the soak
 	$(PY) -m benchmarks $(BENCH_ARGS)
+	$(PY) -m benchmarks.soak $(SOAK_ARGS)
 
 soak: $(INSTALL)  ## 200 req/s, 3 min warm-up + 60 s: 0 errors and flat memory, or it fails (SOAK_ARGS=--rate 100)
 	$(PY) -m benchmarks.soak $(SOAK_ARGS)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 OURS = "local twin"
 LOGGED = "local twin + inference table"  # the same endpoint logging every request to its payload table
+UNLOGGED = "local twin, logging off"  # measured right before each LOGGED run, as its baseline
 PACKAGES = (
     "mlflow",
     "databricks-feature-engineering",
@@ -42,12 +43,13 @@ class Row:
 def add_ratios(rows: list[Row]) -> None:
     """Set ``ratio`` on the local twin's rows: its rate over the peer's (same workload and concurrency).
 
-    With the inference table on, the ratio is over the twin's own rate with logging off: the logging cost.
+    With the inference table on, the ratio is over the same endpoint's rate with logging off, measured just
+    before: the logging cost.
     """
-    ours = {(r.workload, r.concurrency): r for r in rows if r.system == OURS}
-    peers = {(r.workload, r.concurrency): r for r in rows if r.system not in (OURS, LOGGED)}
+    unlogged = {(r.workload, r.concurrency): r for r in rows if r.system == UNLOGGED}
+    peers = {(r.workload, r.concurrency): r for r in rows if r.system not in (OURS, LOGGED, UNLOGGED)}
     for row in rows:
-        base = {OURS: peers, LOGGED: ours}.get(row.system, {}).get((row.workload, row.concurrency))
+        base = {OURS: peers, LOGGED: unlogged}.get(row.system, {}).get((row.workload, row.concurrency))
         if base is not None and base.rps > 0:
             row.ratio = row.rps / base.rps
 
@@ -103,7 +105,7 @@ def plot(rows: list[Row], path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    timed = [r for r in rows if r.p99_ms is not None]
+    timed = [r for r in rows if r.p99_ms is not None and r.system not in (LOGGED, UNLOGGED)]
     groups = list(dict.fromkeys((r.workload, r.concurrency) for r in timed))
     systems = list(dict.fromkeys(r.system if r.system == OURS else "peer" for r in timed))
     labels = [f"{w}\nc={c}" for w, c in groups]

@@ -19,7 +19,7 @@ import numpy as np
 
 from benchmarks import report
 from benchmarks.load import generator_name, run_load
-from benchmarks.report import LOGGED, OURS, Row
+from benchmarks.report import LOGGED, OURS, UNLOGGED, Row
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"
@@ -92,9 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     key_sets = {n: [rng.choice(ids, n).tolist() for _ in range(N_BODIES)] for n in (1, 10)}
     workloads = {f"lookup {n} key{'s' if n > 1 else ''}": keys for n, keys in key_sets.items()}
 
-    def load(workload: str, system: str, url: str, bodies: list[str], headers: dict[str, str]) -> list[Row]:
+    def load(
+        workload: str,
+        system: str,
+        url: str,
+        bodies: list[str],
+        headers: dict[str, str],
+        concurrency: list[int] | None = None,
+    ) -> list[Row]:
         out = []
-        for c in args.concurrency:
+        for c in concurrency or args.concurrency:
             res = run_load(
                 url,
                 bodies,
@@ -135,10 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         bodies = [_json({"dataframe_records": [r]}) for r in requests]
         _check(fraud_url, bodies[0], auth)
         rows += load("fraud model", OURS, fraud_url, bodies, auth)
-        print("local twin: the same lookups with the endpoint's inference table on")
-        serving.enable_inference_table(w, "bench-features", "bench", "serving", "bench_features")
+        print("local twin: logging cost, the same lookups with the inference table off then on, back to back")
         bodies = [_json({"dataframe_records": [{"customer_id": k} for k in ks]}) for ks in key_sets[1]]
-        rows += load("lookup 1 key", LOGGED, spec_url, bodies, auth)
+        for c in args.concurrency:
+            w.serving_endpoints.put_ai_gateway("bench-features")  # no inference table
+            rows += load("lookup 1 key", UNLOGGED, spec_url, bodies, auth, [c])
+            serving.enable_inference_table(w, "bench-features", "bench", "serving", "bench_features")
+            rows += load("lookup 1 key", LOGGED, spec_url, bodies, auth, [c])
     finally:
         stop_server(state_dir)
 
@@ -191,7 +201,8 @@ def _document(args: argparse.Namespace, rows: list[Row], facts: str, seconds: fl
         f"{seconds / 60:.1f} min)\n\n"
         f"{report.table(rows)}\n\n"
         "rps = requests/s (rows/s for `publish rows` and `score_batch rows`); ratio = local twin ÷ peer; for "
-        f"`{LOGGED}` it is the rate with the inference table on ÷ the rate with it off (the logging cost).\n"
+        f"`{LOGGED}` it is the rate with the inference table on ÷ the rate of `{UNLOGGED}` (the same "
+        "endpoint measured just before with the inference table off): the logging cost.\n"
         "Errors are non-2xx answers plus socket errors and timeouts. The fraud peer, `mlflow models serve`, "
         "does less work: every feature arrives in the request, it does no online lookup. `publish rows` for "
         "the local twin is its first `publish_table` (full snapshot), measured when the data was built.\n\n"
