@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,25 +15,29 @@ from helpers.local.server.inference_tables import (
     MAX_LOGGED_PAYLOAD_BYTES,
     PAYLOAD_SCHEMA,
     InferenceTableConfig,
+    PayloadEvent,
     PayloadLogger,
-    payload_row,
+    payload_table,
 )
 from helpers.local.tables import DeltaTables, TableMeta
 
 TABLE = "main.default.ep_payload"
 
 
-def _row(i: int, request: bytes = b'{"inputs": [1]}') -> dict:
-    return payload_row(
-        request_id=f"id-{i}",
-        client_request_id=None,
-        received=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+RECEIVED_NS = int(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp() * 1e9)
+
+
+def _row(i: int, request: bytes = b'{"inputs": [1]}') -> PayloadEvent:
+    return PayloadEvent(
+        received_ns=RECEIVED_NS,
         status_code=200,
         execution_ms=3,
         request=request,
         response=b'{"predictions": [0]}',
+        client_request_id=None,
         served_entity_id="e1",
         requester="me",
+        request_id=f"id-{i}",
     )
 
 
@@ -74,10 +79,22 @@ def test_rows_wait_while_their_table_cannot_be_written(state_dir: Path) -> None:
     assert tables.read(TABLE).column("databricks_request_id").to_pylist() == ["id-1"]
 
 
-def test_oversized_payloads_are_left_out_with_an_error_code() -> None:
-    row = _row(1, request=b"x" * (MAX_LOGGED_PAYLOAD_BYTES + 1))
-    assert row["request"] is None and row["logging_error_codes"] == ["MAX_REQUEST_SIZE_EXCEEDED"]
-    assert row["response"] == '{"predictions": [0]}'
+def test_rows_are_built_when_written_with_databricks_values() -> None:
+    big = b"x" * (MAX_LOGGED_PAYLOAD_BYTES + 1)
+    events = [
+        _row(1, request=big),
+        _row(2, request=b'{"inputs": ["\xff"]}')._replace(request_id=None),
+        _row(3)._replace(request_id=None, response=None, status_code=500),
+    ]
+    rows = payload_table(events).to_pylist()
+    assert rows[0]["request"] is None and rows[0]["logging_error_codes"] == ["MAX_REQUEST_SIZE_EXCEEDED"]
+    assert rows[0]["response"] == '{"predictions": [0]}' and rows[0]["databricks_request_id"] == "id-1"
+    assert rows[1]["request"] == '{"inputs": ["\ufffd"]}' and rows[1]["logging_error_codes"] == []
+    generated = [rows[1]["databricks_request_id"], rows[2]["databricks_request_id"]]
+    assert len(set(generated)) == 2 and all(uuid.UUID(g).version == 4 for g in generated)
+    assert rows[2]["response"] is None and rows[2]["status_code"] == 500
+    assert {r["request_time"] for r in rows} == {datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)}
+    assert {r["request_date"].isoformat() for r in rows} == {"2026-01-02"}
 
 
 def test_config_validation_names_the_field() -> None:

@@ -1,8 +1,8 @@
 """Inference tables: every invocation of an endpoint, logged to ``<catalog>.<schema>.<prefix>_payload``.
 
-Requests only append a row to an in-memory buffer, kept column by column (Arrow builds a table from columns
-some 40x faster than from row dicts, work that holds the GIL); a background thread writes the buffer to the
-Delta table every ``flush_seconds`` or as soon as ``max_rows`` rows wait, and ``close`` writes what is left.
+A request only appends a tuple of raw values (a ``PayloadEvent``) to an in-memory buffer: ids, decoding,
+dates and size checks happen when a background thread turns the batch into columns and writes it to the
+Delta table, every ``flush_seconds`` or as soon as ``max_rows`` rows wait; ``close`` writes what is left.
 A clean stop loses nothing; a crash (SIGKILL, power loss) loses at most the rows of the last
 ``flush_seconds``.
 """
@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
+import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import pyarrow as pa
 from deltalake import write_deltalake
 
@@ -93,67 +95,62 @@ class InferenceTableConfig:
         return cls(**values, enabled=enabled)
 
 
-def payload_row(
-    *,
-    request_id: str,
-    client_request_id: str | None,
-    received: datetime,
-    status_code: int,
-    execution_ms: int,
-    request: bytes,
-    response: bytes | None,
-    served_entity_id: str | None,
-    requester: str,
-) -> dict[str, Any]:
-    """One payload table row; a payload over 1 MiB is left out with an error code, as Databricks does."""
-    errors = []
-    request_text: str | None = request.decode("utf-8", errors="replace")
-    if len(request) > MAX_LOGGED_PAYLOAD_BYTES:
-        request_text = None
-        errors.append("MAX_REQUEST_SIZE_EXCEEDED")
-    response_text = None if response is None else response.decode("utf-8", errors="replace")
-    if response is not None and len(response) > MAX_LOGGED_PAYLOAD_BYTES:
-        response_text = None
-        errors.append("MAX_RESPONSE_SIZE_EXCEEDED")
-    return {
-        "databricks_request_id": request_id,
-        "request_date": received.date(),
-        "client_request_id": client_request_id,
-        "request_time": received,
-        "status_code": status_code,
-        "sampling_fraction": 1.0,
-        "execution_duration_ms": execution_ms,
-        "request": request_text,
-        "response": response_text,
+class PayloadEvent(NamedTuple):
+    """One invocation as the request path records it: raw values only, turned into a row when written."""
+
+    received_ns: int  # time.time_ns() when the request arrived
+    status_code: int
+    execution_ms: int
+    request: bytes
+    response: bytes | None
+    client_request_id: str | None
+    served_entity_id: str | None
+    requester: str
+    request_id: str | None = None  # None: a random UUID, given when the batch is written
+
+
+def payload_table(events: list[PayloadEvent]) -> pa.Table:
+    """The payload rows of ``events``; a payload over 1 MiB is left out with an error code (Databricks)."""
+    received, status, execution, requests, responses, client_ids, entities, requesters, ids = zip(
+        *events, strict=True
+    )
+    randomness = os.urandom(16 * len(events))
+    request_ids = [
+        rid if rid is not None else str(uuid.UUID(bytes=randomness[16 * i : 16 * i + 16], version=4))
+        for i, rid in enumerate(ids)
+    ]
+    times = pa.array(np.asarray(received, dtype=np.int64) // 1000, type=pa.timestamp("us", tz="UTC"))
+    request_texts = [_text(payload) for payload in requests]
+    response_texts = [_text(payload) for payload in responses]
+    errors = [_too_large(request, response) for request, response in zip(requests, responses, strict=True)]
+    columns = {
+        "databricks_request_id": request_ids,
+        "request_date": times.cast(pa.date32()),
+        "client_request_id": list(client_ids),
+        "request_time": times,
+        "status_code": list(status),
+        "sampling_fraction": [1.0] * len(events),
+        "execution_duration_ms": list(execution),
+        "request": request_texts,
+        "response": response_texts,
         "logging_error_codes": errors,
-        "served_entity_id": served_entity_id,
-        "requester": requester,
+        "served_entity_id": list(entities),
+        "requester": list(requesters),
     }
+    return pa.Table.from_pydict(columns, schema=PAYLOAD_SCHEMA)
 
 
-class _Rows:
-    """Buffered payload rows of one table, as one list per column."""
+def _too_large(request: bytes, response: bytes | None) -> list[str]:
+    codes = ["MAX_REQUEST_SIZE_EXCEEDED"] if len(request) > MAX_LOGGED_PAYLOAD_BYTES else []
+    if response is not None and len(response) > MAX_LOGGED_PAYLOAD_BYTES:
+        codes.append("MAX_RESPONSE_SIZE_EXCEEDED")
+    return codes
 
-    def __init__(self) -> None:
-        self.columns: dict[str, list[Any]] = {name: [] for name in PAYLOAD_SCHEMA.names}
 
-    def __len__(self) -> int:
-        return len(self.columns["databricks_request_id"])
-
-    def append(self, row: dict[str, Any]) -> None:
-        for name, values in self.columns.items():
-            values.append(row[name])
-
-    def extend(self, other: _Rows) -> None:
-        for name, values in self.columns.items():
-            values.extend(other.columns[name])
-
-    def drop_oldest(self, n: int) -> None:
-        for values in self.columns.values():
-            del values[:n]
-
-    def to_arrow(self) -> pa.Table:
-        return pa.Table.from_pydict(self.columns, schema=PAYLOAD_SCHEMA)
+def _text(payload: bytes | None) -> str | None:
+    if payload is None or len(payload) > MAX_LOGGED_PAYLOAD_BYTES:
+        return None
+    return payload.decode("utf-8", errors="replace")
 
 
 class PayloadLogger:
@@ -165,7 +162,7 @@ class PayloadLogger:
         self._tables = DeltaTables(state_dir)
         self._flush_seconds = flush_seconds
         self._max_rows = max_rows
-        self._buffer: dict[str, _Rows] = {}
+        self._buffer: dict[str, list[PayloadEvent]] = {}
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one writer at a time: the thread, or close()
         self._wake = threading.Event()
@@ -173,14 +170,14 @@ class PayloadLogger:
         self._thread = threading.Thread(target=self._run, name="payload-logger", daemon=True)
         self._thread.start()
 
-    def log(self, table: str, row: dict[str, Any]) -> None:
+    def log(self, table: str, event: PayloadEvent) -> None:
         with self._lock:
             rows = self._buffer.get(table)
             if rows is None:
-                rows = self._buffer[table] = _Rows()
-            rows.append(row)
+                rows = self._buffer[table] = []
+            rows.append(event)
             if len(rows) > MAX_BUFFERED_ROWS:
-                rows.drop_oldest(len(rows) - MAX_BUFFERED_ROWS)
+                del rows[: len(rows) - MAX_BUFFERED_ROWS]
                 log.warning("payload buffer of %s is full: dropped the oldest rows", table)
             full = len(rows) >= self._max_rows
         if full:
@@ -215,17 +212,13 @@ class PayloadLogger:
             self._wake.clear()
             self.flush()
 
-    def _append(self, table: str, rows: _Rows) -> None:
+    def _append(self, table: str, rows: list[PayloadEvent]) -> None:
         if not self._tables.exists(table):
             meta = TableMeta(
                 table, ["databricks_request_id"], description="Inference table (payload log) of an endpoint"
             )
             with contextlib.suppress(ValueError):  # created meanwhile by another writer
                 self._tables.create(meta, None, PAYLOAD_SCHEMA)
-        data = rows.to_arrow()
+        data = payload_table(rows)
         with self._tables.lock(table):
             write_deltalake(str(self._tables.path(table)), data, mode="append")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)

@@ -32,7 +32,7 @@ from helpers.local.functions import FunctionRegistry
 from helpers.local.online_store import OnlineStore, TableNotPublishedError
 from helpers.local.publishing import feature_spec_path, load_feature_spec
 from helpers.local.server.errors import ApiError, already_exists, bad_request, invalid_state, not_found
-from helpers.local.server.inference_tables import InferenceTableConfig, PayloadLogger, payload_row, utc_now
+from helpers.local.server.inference_tables import InferenceTableConfig, PayloadEvent, PayloadLogger
 from helpers.local.server.limits import decode_json
 from helpers.names import parse_uc_name
 
@@ -502,7 +502,7 @@ class EndpointRegistry:
         table = endpoint.payload_table()
         if table is None:
             return await self._answer(endpoint, body, None)
-        received, started = utc_now(), time.perf_counter()
+        received_ns, started = time.time_ns(), time.perf_counter()
         outcome: dict[str, Any] = {}
         status, answer = 500, None
         try:
@@ -516,14 +516,13 @@ class EndpointRegistry:
             entity = outcome.get("entity")
             self._payloads.log(
                 table,
-                payload_row(
-                    request_id=str(uuid.uuid4()),
-                    client_request_id=outcome.get("client_request_id"),
-                    received=received,
+                PayloadEvent(
+                    received_ns=received_ns,
                     status_code=status,
                     execution_ms=round(outcome.get("execution_s", time.perf_counter() - started) * 1000),
                     request=body,
                     response=answer,
+                    client_request_id=outcome.get("client_request_id"),
                     served_entity_id=entity.id if entity is not None else None,
                     requester=self._user,
                 ),
