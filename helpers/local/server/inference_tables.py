@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import threading
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -114,11 +113,7 @@ def payload_table(events: list[PayloadEvent]) -> pa.Table:
     received, status, execution, requests, responses, client_ids, entities, requesters, ids = zip(
         *events, strict=True
     )
-    randomness = os.urandom(16 * len(events))
-    request_ids = [
-        rid if rid is not None else str(uuid.UUID(bytes=randomness[16 * i : 16 * i + 16], version=4))
-        for i, rid in enumerate(ids)
-    ]
+    request_ids = [rid if rid is not None else new for rid, new in zip(ids, _uuid4s(len(ids)), strict=True)]
     times = pa.array(np.asarray(received, dtype=np.int64) // 1000, type=pa.timestamp("us", tz="UTC"))
     request_texts = [_text(payload) for payload in requests]
     response_texts = [_text(payload) for payload in responses]
@@ -138,6 +133,16 @@ def payload_table(events: list[PayloadEvent]) -> pa.Table:
         "requester": list(requesters),
     }
     return pa.Table.from_pydict(columns, schema=PAYLOAD_SCHEMA)
+
+
+def _uuid4s(n: int) -> list[str]:
+    """``n`` random version-4 UUID strings from one draw of random bytes (uuid4() costs ~4 us each)."""
+    raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.tobytes().hex()
+    return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
+            for i in range(0, 32 * n, 32)]  # fmt: skip
 
 
 def _too_large(request: bytes, response: bytes | None) -> list[str]:
