@@ -28,8 +28,9 @@ run: $(INSTALL)  ## execute every notebook end to end on the local backend
 test: $(INSTALL)  ## the test suite (small sizes), including notebook smoke runs
 	$(PY) -m pytest -q
 
-smoke: $(INSTALL)  ## the quick subset: every notebook that applies, in order, plus the bundle and settings
-	$(PY) -m pytest -q tests/test_notebooks.py tests/test_bundle.py tests/test_config.py
+smoke: $(INSTALL)  ## the quick subset: features, model and its endpoint (00, 01, 03), teardown, bundle, settings
+	$(PY) -m pytest -q tests/test_bundle.py tests/test_config.py tests/test_notebooks.py \
+		-k "not test_notebook_runs or setup_feature_tables or train_and_register or sync_serving_with_lookups"
 
 lint: $(INSTALL)
 	$(VENV)/bin/ruff check helpers tests app benchmarks docs
