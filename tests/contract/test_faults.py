@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +24,6 @@ from urllib.parse import urlparse
 
 import mlflow
 import pandas as pd
-import psutil
 import pytest
 from databricks.feature_engineering import FeatureLookup
 from databricks.sdk import WorkspaceClient
@@ -38,6 +37,7 @@ from databricks.sdk.service.serving import (
     ServedModelStateDeployment,
 )
 from jobs_server import FIXTURE_NOTEBOOKS
+from polling import process_gone, wait_for
 from sklearn.linear_model import LogisticRegression
 
 from helpers.local.feature_client import LocalFeatureEngineeringClient
@@ -65,21 +65,6 @@ def _generations(frame: pd.DataFrame) -> set[float]:
     """The generations a frame's rows come from (row 0 has spend 0 whatever the generation, so skip it)."""
     rest = frame[frame["customer_id"] > 0]
     return set((rest["spend"] / rest["customer_id"]).round(6))
-
-
-def _wait_for(condition: Callable[[], object], what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.01)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def _child(state_dir: Path, code: str) -> subprocess.Popen[str]:
@@ -160,7 +145,7 @@ def test_a_publish_killed_mid_way_leaves_the_online_table_whole_and_the_next_one
         f" publish_mode={publish_mode!r})\n",
     )
     # Mid-way: the publish's transaction has written a MB of its rows to the write-ahead log.
-    _wait_for(
+    wait_for(
         lambda: publisher.poll() is not None or (wal.exists() and wal.stat().st_size > before + 2**20),
         "the publish to write rows",
     )
@@ -192,7 +177,7 @@ def test_a_merge_killed_mid_way_loses_no_row_leaves_no_lock_and_the_next_one_wor
     )
     assert writer.stdout is not None
     took = float(writer.stdout.readline())  # one merge done: the next is under way
-    _wait_for(lambda: writer.poll() is not None or _lock_held(lock), "the writer to take the table's lock")
+    wait_for(lambda: writer.poll() is not None or _lock_held(lock), "the writer to take the table's lock")
     time.sleep(into_merge * took)  # kill at the start, in the middle, near the end of a merge
     assert _kill(writer)
 
@@ -256,7 +241,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
 def _kill_server(workspace: Workspace) -> None:
     pid = workspace.pid
     os.kill(pid, signal.SIGKILL)
-    _wait_for(lambda: _gone(pid), "the server to die")
+    wait_for(lambda: process_gone(pid), "the server to die")
 
 
 def _writer_job(w: WorkspaceClient, fe: LocalFeatureEngineeringClient) -> int:
@@ -319,11 +304,11 @@ def test_a_server_killed_during_a_writing_run_fails_it_and_the_next_run_works(
     job_id = _writer_job(w, fe)
     marker = tmp_path / "kernel.pid"
     run_id = w.jobs.run_now(job_id, job_parameters={"rounds": "10000", "marker": str(marker)}).run_id
-    _wait_for(marker.exists, "the run to write a first round")
+    wait_for(marker.exists, "the run to write a first round")
     kernel = int(marker.read_text())
 
     _kill_server(workspace)
-    assert not _gone(kernel)  # the notebook outlives the server (its own session) and keeps writing
+    assert not process_gone(kernel)  # the notebook outlives the server (its own session) and keeps writing
     ensure_server(workspace.state_dir)  # the new server kills the orphan, mid-round, and closes the run
 
     w = workspace.client()
@@ -332,7 +317,7 @@ def test_a_server_killed_during_a_writing_run_fails_it_and_the_next_run_works(
     assert run.state.result_state == jobs.RunResultState.FAILED
     assert "server stopped while the run was active" in run.state.state_message
     assert run.tasks[0].state.result_state == jobs.RunResultState.FAILED
-    assert _gone(kernel)
+    assert process_gone(kernel)
     generation = _orders_whole(fe, w)
     assert generation >= 2  # the killed run had published at least one round
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
@@ -22,6 +22,7 @@ from databricks.sdk.errors import (
 )
 from databricks.sdk.service import jobs
 from jobs_server import JobsServer, serve_jobs
+from polling import process_gone, wait_for
 
 from helpers.local.job_store import JobStore, RunRecord, State
 from helpers.local.server import jobs_api
@@ -57,21 +58,6 @@ def probe_job(w: WorkspaceClient, name: str, **settings) -> int:
         ],
         **settings,
     ).job_id
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
-
-
-def process_gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def test_jobs_are_created_read_listed_and_deleted(w: WorkspaceClient) -> None:
