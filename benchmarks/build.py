@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -45,10 +46,6 @@ def build(state_dir: Path, n_customers: int, seed: int, n_train: int) -> Built:
     """Create everything under ``state_dir`` (its own workspace) unless an earlier run already did."""
     from databricks.feature_engineering import FeatureLookup
     from mlflow import MlflowClient
-    from sklearn.compose import ColumnTransformer
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder
 
     cfg = get_settings(catalog="bench", schema="serving", state_dir=str(state_dir), seed=seed)
     names = {"table": cfg.table("customer_features"), "spec": cfg.table("customer_spec")}
@@ -60,8 +57,8 @@ def build(state_dir: Path, n_customers: int, seed: int, n_train: int) -> Built:
         train_customers, features.head(n_train), n_transactions=max(5 * n_train, 20_000), seed=seed
     )
     marker = state_dir / "built.json"
-    if marker.exists():
-        saved = json.loads(marker.read_text())
+    saved = json.loads(marker.read_text()) if marker.exists() else {}
+    if saved.get("recipe") == _recipe():
         print(f"reusing the data built earlier in {state_dir}")
         platform.settings(catalog=cfg.catalog, schema=cfg.schema, state_dir=str(state_dir), seed=seed)
         return Built(
@@ -73,7 +70,7 @@ def build(state_dir: Path, n_customers: int, seed: int, n_train: int) -> Built:
             timings=saved["timings"],
         )
 
-    if state_dir.exists():  # an interrupted build: start this dedicated workspace afresh
+    if state_dir.exists():  # interrupted, or built by other code: start this dedicated workspace afresh
         shutil.rmtree(state_dir)
     platform.settings(catalog=cfg.catalog, schema=cfg.schema, state_dir=str(state_dir), seed=seed)
     fe = platform.feature_engineering_client()
@@ -118,28 +115,11 @@ def build(state_dir: Path, n_customers: int, seed: int, n_train: int) -> Built:
     )
     frame = platform.to_pandas(training_set.load_df())
     x, y = frame.drop(columns="is_fraud"), frame["is_fraud"]
-    pipeline = Pipeline(
-        [
-            (
-                "encode",
-                ColumnTransformer(
-                    [
-                        (
-                            "cat",
-                            OneHotEncoder(handle_unknown="ignore", sparse_output=False),
-                            ["merchant_category", "channel"],
-                        )
-                    ],
-                    remainder="passthrough",
-                ),
-            ),
-            ("model", HistGradientBoostingClassifier(max_iter=60, random_state=seed)),
-        ]
-    ).fit(x, y)
+    scorer = model_module.FraudScorer.fit(x, y, ["merchant_category", "channel"], seed)
     cloudpickle.register_pickle_by_value(model_module)  # servers load the model without this package
     with mlflow.start_run(run_name="bench_fraud_model"):
         info = fe.log_model(
-            model=model_module.FraudScorer(pipeline),
+            model=scorer,
             artifact_path="model",
             flavor=mlflow.pyfunc,
             training_set=training_set,
@@ -148,9 +128,7 @@ def build(state_dir: Path, n_customers: int, seed: int, n_train: int) -> Built:
         )
     MlflowClient().set_registered_model_alias(names["model"], "champion", info.registered_model_version)
     with mlflow.start_run(run_name="bench_plain_model"):
-        plain = mlflow.pyfunc.log_model(
-            name="plain_model", python_model=model_module.FraudScorer(pipeline), input_example=x.head(3)
-        )
+        plain = mlflow.pyfunc.log_model(name="plain_model", python_model=scorer, input_example=x.head(3))
     model_columns = list(x.columns)
     marker.write_text(
         json.dumps(
@@ -159,12 +137,19 @@ def build(state_dir: Path, n_customers: int, seed: int, n_train: int) -> Built:
                 "plain_model_uri": plain.model_uri,
                 "timings": timings,
                 "n_customers": n_customers,
+                "recipe": _recipe(),
             }
         )
     )
     return Built(
         features, transactions, model_columns, **names, plain_model_uri=plain.model_uri, timings=timings
     )
+
+
+def _recipe() -> str:
+    """A digest of the code that builds the data and the model: changed code, fresh build."""
+    here = Path(__file__).resolve().parent
+    return hashlib.sha256(b"".join((here / f).read_bytes() for f in ("build.py", "model.py"))).hexdigest()
 
 
 def deploy(built: Built) -> tuple[object, str, str]:
@@ -192,14 +177,20 @@ def deploy(built: Built) -> tuple[object, str, str]:
 
 
 def score_batch_rate(built: Built, n_rows: int, seed: int) -> tuple[float, float]:
-    """Rows/s and seconds of ``fe.score_batch`` on ``n_rows`` request rows with random customers."""
+    """Rows/s and seconds of ``fe.score_batch`` on ``n_rows`` request rows with random customers.
+
+    Timed after a warm-up call on 1,000 rows, so what only the first call in a process pays (imports,
+    MLflow's requirement check) does not depend on what ran earlier in the same process.
+    """
     fe = platform.feature_engineering_client()
     rng = np.random.default_rng(seed)
     rows = built.transactions.sample(n_rows, replace=True, random_state=seed)[REQUEST_COLUMNS + ["ts"]]
     ids = built.features["customer_id"].to_numpy()
     frame = rows.reset_index(drop=True).assign(customer_id=rng.choice(ids, n_rows))
+    uri = f"models:/{built.model}@champion"
+    fe.score_batch(model_uri=uri, df=frame.head(1_000))  # once per process: imports, MLflow's checks
     started = time.perf_counter()
-    scored = fe.score_batch(model_uri=f"models:/{built.model}@champion", df=frame)
+    scored = fe.score_batch(model_uri=uri, df=frame)
     seconds = time.perf_counter() - started
     if len(scored) != n_rows or scored["prediction"].isna().any():
         raise RuntimeError(f"score_batch returned {len(scored)} rows for {n_rows} (or missing predictions)")

@@ -7,13 +7,14 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 OURS = "local twin"
 LOGGED = "local twin + inference table"  # the same endpoint logging every request to its payload table
-UNLOGGED = "local twin, logging off"  # measured right before each LOGGED run, as its baseline
+UNLOGGED = "local twin, logging off"  # the same endpoint, runs paired with the LOGGED ones
 PACKAGES = (
     "mlflow",
     "databricks-feature-engineering",
@@ -37,19 +38,16 @@ class Row:
     p99_ms: float | None = None
     errors: int | None = None
     requests: int | None = None
-    ratio: float | None = None  # ours ÷ peer (throughput)
+    ratio: float | None = None  # ours ÷ peer (throughput); logging on ÷ off
+    pair_ratios: list[float] | None = None  # logging on ÷ off, one per pair of runs
+    run_rates: list[list[float]] | None = None  # logging off and on requests/s, one pair per pair of runs
 
 
 def add_ratios(rows: list[Row]) -> None:
-    """Set ``ratio`` on the local twin's rows: its rate over the peer's (same workload and concurrency).
-
-    With the inference table on, the ratio is over the same endpoint's rate with logging off, measured just
-    before: the logging cost.
-    """
-    unlogged = {(r.workload, r.concurrency): r for r in rows if r.system == UNLOGGED}
+    """Set ``ratio`` on the local twin's rows: its rate over the peer's (same workload and concurrency)."""
     peers = {(r.workload, r.concurrency): r for r in rows if r.system not in (OURS, LOGGED, UNLOGGED)}
     for row in rows:
-        base = {OURS: peers, LOGGED: unlogged}.get(row.system, {}).get((row.workload, row.concurrency))
+        base = peers.get((row.workload, row.concurrency)) if row.system == OURS else None
         if base is not None and base.rps > 0:
             row.ratio = row.rps / base.rps
 
@@ -79,6 +77,21 @@ def _version(name: str) -> str:
         return version(name)
     except PackageNotFoundError:
         return "not installed"
+
+
+def cpu_steadiness(tries: int = 10) -> str:
+    """How steady the CPU is right now: one fixed pure-Python loop, timed ``tries`` times."""
+    times = []
+    for _ in range(tries):
+        started = time.perf_counter()
+        total = 0
+        for i in range(2_000_000):
+            total += i
+        times.append((time.perf_counter() - started) * 1000)
+    fastest, slowest = min(times), max(times)
+    return (
+        f"a fixed loop took {fastest:.0f}–{slowest:.0f} ms over {tries} tries (+{slowest / fastest - 1:.0%})"
+    )
 
 
 def machine_facts(extra: dict[str, str]) -> str:

@@ -11,7 +11,8 @@ import os
 import shutil
 import time
 import urllib.request
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,15 +38,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--batch-rows", type=int, default=None, help="rows for score_batch (default: customers)"
     )
     parser.add_argument("--train-customers", type=int, default=20_000, help="customers behind training rows")
+    parser.add_argument(
+        "--logging-pairs", type=int, default=5, help="off/on run pairs behind the logging cost"
+    )
+    parser.add_argument(
+        "--logging-duration", type=float, default=6.0, help="measured seconds per logging off/on run"
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-feast", action="store_true", help="no Feast peer (no venv install)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20,000 customers, 5 s runs")
     args = parser.parse_args(argv)
     if args.quick:
         args.customers, args.duration, args.warmup = min(args.customers, 20_000), 5.0, 1.0
+        args.logging_pairs, args.logging_duration = 2, 3.0
     for name in ("customers", "train_customers"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.logging_pairs < 1 or args.logging_duration <= 0:
+        parser.error("--logging-pairs and --logging-duration must be positive")
     if args.duration <= 0 or args.warmup < 0 or any(c < 1 for c in args.concurrency):
         parser.error("--duration must be > 0, --warmup >= 0 and every --concurrency >= 1")
     if args.batch_rows is not None and args.batch_rows < 1:
@@ -80,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import peers
 
     started = time.perf_counter()
+    steadiness_before = report.cpu_steadiness()
     built = b.build(state_dir, args.customers, args.seed, args.train_customers)
     rng = np.random.default_rng(args.seed)
     ids = built.features["customer_id"].to_numpy()
@@ -99,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         bodies: list[str],
         headers: dict[str, str],
         concurrency: list[int] | None = None,
+        duration: float | None = None,
     ) -> list[Row]:
         out = []
         for c in concurrency or args.concurrency:
@@ -107,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 bodies,
                 WORK / "bodies.jsonl",
                 concurrency=c,
-                duration=args.duration,
+                duration=duration or args.duration,
                 warmup=args.warmup,
                 headers=headers,
             )
@@ -142,13 +154,25 @@ def main(argv: list[str] | None = None) -> int:
         bodies = [_json({"dataframe_records": [r]}) for r in requests]
         _check(fraud_url, bodies[0], auth)
         rows += load("fraud model", OURS, fraud_url, bodies, auth)
-        print("local twin: logging cost, the same lookups with the inference table off then on, back to back")
+        print(
+            f"local twin: logging cost, the same lookups with the inference table off and on, "
+            f"{args.logging_pairs} pair(s) in ABBA order"
+        )
         bodies = [_json({"dataframe_records": [{"customer_id": k} for k in ks]}) for ks in key_sets[1]]
+
+        def set_logging(on: bool) -> None:
+            if on:
+                serving.enable_inference_table(w, "bench-features", "bench", "serving", "bench_features")
+            else:
+                w.serving_endpoints.put_ai_gateway("bench-features")  # no inference table
+
         for c in args.concurrency:
-            w.serving_endpoints.put_ai_gateway("bench-features")  # no inference table
-            rows += load("lookup 1 key", UNLOGGED, spec_url, bodies, auth, [c])
-            serving.enable_inference_table(w, "bench-features", "bench", "serving", "bench_features")
-            rows += load("lookup 1 key", LOGGED, spec_url, bodies, auth, [c])
+
+            def measure(on: bool, c: int = c) -> Row:
+                system = LOGGED if on else UNLOGGED
+                return load("lookup 1 key", system, spec_url, bodies, auth, [c], args.logging_duration)[0]
+
+            rows += logging_rows(paired_runs(measure, set_logging, args.logging_pairs))
     finally:
         stop_server(state_dir)
 
@@ -180,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(Row("score_batch rows", OURS, None, rate))
 
     report.add_ratios(rows)
+    extra_facts["CPU steadiness"] = f"at the start {steadiness_before}; at the end {report.cpu_steadiness()}"
     text = _document(args, rows, report.machine_facts(extra_facts), time.perf_counter() - started)
     print("\n" + text)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -192,6 +217,59 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def paired_runs(
+    measure: Callable[[bool], Row], set_logging: Callable[[bool], None], n_pairs: int
+) -> list[tuple[Row, Row]]:
+    """``n_pairs`` (logging off, logging on) runs in ABBA order, so drift during the runs falls on both alike.
+
+    After a logged run the next waits until the payload logger has written its last rows.
+    """
+    from helpers.local.server.inference_tables import FLUSH_SECONDS
+
+    pairs = []
+    for i in range(n_pairs):
+        runs: dict[bool, Row] = {}
+        for on in (False, True) if i % 2 == 0 else (True, False):
+            set_logging(on)
+            runs[on] = measure(on)
+            if on:
+                time.sleep(FLUSH_SECONDS + 1)
+        pairs.append((runs[False], runs[True]))
+    return pairs
+
+
+def logging_rows(pairs: list[tuple[Row, Row]]) -> list[Row]:
+    """A row for logging off and one for on, each its side's fastest run; the cost: fastest on ÷ fastest off.
+
+    The fastest run, as ``timeit`` takes the fastest: on a shared machine the rest of it only ever slows a
+    run down. Errors and requests count every run.
+    """
+    best = []
+    for runs in ([p[0] for p in pairs], [p[1] for p in pairs]):
+        row = replace(max(runs, key=lambda r: r.rps))
+        row.errors = sum(r.errors or 0 for r in runs)
+        row.requests = sum(r.requests or 0 for r in runs)
+        row.pair_ratios = None
+        best.append(row)
+    best[1].ratio = best[1].rps / best[0].rps if best[0].rps > 0 else None
+    best[1].pair_ratios = [on.rps / off.rps for off, on in pairs if off.rps > 0]
+    best[1].run_rates = [[off.rps, on.rps] for off, on in pairs]
+    return best
+
+
+def _logging_runs(rows: list[Row]) -> str:
+    parts = []
+    for r in rows:
+        if r.pair_ratios is not None and r.run_rates is not None:
+            off = ", ".join(f"{a:,.0f}" for a, _ in r.run_rates)
+            on = ", ".join(f"{b:,.0f}" for _, b in r.run_rates)
+            parts.append(
+                f"c={r.concurrency}: off {off}; on {on}; median of the pairs' on ÷ off "
+                f"{np.median(r.pair_ratios):.3f}"
+            )
+    return "\n".join(f"- {p}" for p in parts)
+
+
 def _document(args: argparse.Namespace, rows: list[Row], facts: str, seconds: float) -> str:
     command = "python -m benchmarks " + (
         "--quick" if args.quick else f"--customers {args.customers} --duration {args.duration:g}"
@@ -200,11 +278,16 @@ def _document(args: argparse.Namespace, rows: list[Row], facts: str, seconds: fl
         f"## Benchmark results ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, `{command}`, "
         f"{seconds / 60:.1f} min)\n\n"
         f"{report.table(rows)}\n\n"
-        "rps = requests/s (rows/s for `publish rows` and `score_batch rows`); ratio = local twin ÷ peer; for "
-        f"`{LOGGED}` it is the rate with the inference table on ÷ the rate of `{UNLOGGED}` (the same "
-        "endpoint measured just before with the inference table off): the logging cost.\n"
+        "rps = requests/s (rows/s for `publish rows` and `score_batch rows`); ratio = local twin ÷ peer.\n"
+        f"Logging cost: the same endpoint with its inference table off (`{UNLOGGED}`) and on (`{LOGGED}`), "
+        f"{args.logging_pairs} pair(s) of {args.logging_duration:g} s runs per concurrency in ABBA order "
+        "(off-on, on-off, ...). Each row is its side's fastest run, as `timeit` takes the fastest: on a "
+        "shared machine other work only ever slows a run down (errors and requests count every run). "
+        "The ratio is fastest on ÷ fastest off. Every run's requests/s:\n"
+        f"{_logging_runs(rows)}\n"
         "Errors are non-2xx answers plus socket errors and timeouts. The fraud peer, `mlflow models serve`, "
         "does less work: every feature arrives in the request, it does no online lookup. `publish rows` for "
-        "the local twin is its first `publish_table` (full snapshot), measured when the data was built.\n\n"
+        "the local twin is its first `publish_table` (full snapshot), measured when the data was built. "
+        "Both fraud servers serve the same model (`benchmarks/model.py`).\n\n"
         f"Machine:\n{facts}\n"
     )

@@ -2,9 +2,9 @@
 
 Builds small data (``benchmarks.build``), serves the Feature Serving and fraud model endpoints, and sends
 requests open loop (request ``i`` leaves at ``i / rate`` seconds whatever the answers do; ``--fraud-share`` of
-them to the fraud model, which costs ~20 ms of CPU each, the rest to the feature lookup) for ``--warmup``
-plus ``--duration`` seconds, to 127.0.0.1 only. The server's RSS is sampled every second. Latency is
-counted from the scheduled send time, so a server that falls behind shows it (no coordinated omission).
+them to the fraud model, the rest to the feature lookup) for ``--warmup`` plus ``--duration`` seconds, to
+127.0.0.1 only. The RSS of the server and its model processes is sampled every second. Latency is counted
+from the scheduled send time, so a server that falls behind shows it (no coordinated omission).
 
 Writes ``benchmarks/results/soak-latest.md`` and ``soak-latest.png``; exits 1 if any request failed or the
 RSS grew faster than ``--max-slope`` MB/min after the ``--warmup`` seconds (load at the same rate, with
@@ -17,6 +17,7 @@ move it in steps of about a MB, hence a limit of 2 MB/min (170 bytes a request a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -162,7 +163,8 @@ def send_open_loop(
 
 
 class RssSampler:
-    """Samples a process's resident set size every ``interval`` seconds in a background thread."""
+    """Samples the resident set size of a process and its descendants (the server, its fork server and model
+    replicas) every ``interval`` seconds in a background thread."""
 
     def __init__(self, pid: int, interval: float = 1.0) -> None:
         self._process = psutil.Process(pid)
@@ -174,7 +176,7 @@ class RssSampler:
     def _run(self) -> None:
         started = time.perf_counter()
         while not self._stop.is_set():
-            rss = self._process.memory_info().rss / 2**20
+            rss = _tree_rss(self._process) / 2**20
             self.samples.append((time.perf_counter() - started, rss))
             self._stop.wait(self._interval)
 
@@ -185,6 +187,14 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _tree_rss(process: psutil.Process) -> int:
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += member.memory_info().rss
+    return total
 
 
 def summarize(samples: list[Sample], rss: list[tuple[float, float]], after_s: float) -> Summary:
@@ -220,7 +230,7 @@ def plot(samples: list[Sample], rss: list[tuple[float, float]], path: Path) -> N
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     top.plot([t for t, _ in rss], [m for _, m in rss], color="tab:purple")
-    top.set_ylabel("server RSS (MB)")
+    top.set_ylabel("server + model processes RSS (MB)")
     top.set_title("Soak: server memory and latency at a fixed request rate")
     for name in sorted({s.endpoint for s in samples}):
         by_second: dict[int, list[float]] = {}
@@ -260,7 +270,7 @@ its features looked up); latency counts from the scheduled send time. Shared 2-c
 | requests sent | {summary.sent:,} |
 | errors | {summary.errors} {summary.error_kinds or ""} |
 | latency p50 / p99 (ms) | {summary.p50_ms:.1f} / {summary.p99_ms:.1f} |
-| server RSS after the warm-up / at the end (MB) | {summary.rss_start_mb:.1f} / {summary.rss_end_mb:.1f} |
+| RSS (server + models) after warm-up / at end, MB | {summary.rss_start_mb:.0f} / {summary.rss_end_mb:.0f} |
 | RSS slope after the warm-up (MB/min) | {summary.slope_mb_per_min:+.2f} (flat: below {args.max_slope:g}) |
 
 | endpoint | requests | p50 (ms) | p99 (ms) |

@@ -1,76 +1,103 @@
-"""Micro-batching of a served model: concurrent requests scored in one predict, each answered on its own."""
+"""A served model's replica: a process of its own; concurrent requests share one predict, answered each."""
 
 from __future__ import annotations
 
-import threading
+import json
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import mlflow.pyfunc
 import pandas as pd
 import pytest
 from mlflow.models import infer_signature
 
-from helpers.local.server.errors import ApiError
-from helpers.local.server.model_serving import ModelPredictor
-
-GATE = threading.Event()  # a request for x == 0 holds the model until the test opens the gate
-BATCHES: list[list[float]] = []  # the x values of every predict call
+from helpers.local.server.errors import ApiError, ModelLoadError
+from helpers.local.server.model_serving import ModelReplica
 
 
 class Doubler(mlflow.pyfunc.PythonModel):
+    """Doubles x. Logs each batch's x values to a file; x == 0 holds the model until the gate file exists."""
+
+    def __init__(self, gate: str, batches: str) -> None:
+        self.gate, self.batches = gate, batches
+
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> Any:
-        BATCHES.append(model_input["x"].tolist())
+        with open(self.batches, "a") as log:
+            log.write(json.dumps(model_input["x"].tolist()) + "\n")
         if (model_input["x"] == 0).any():
-            GATE.wait(60)
+            deadline = time.monotonic() + 60
+            while not Path(self.gate).exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
         if (model_input["x"] < 0).any():
             raise ValueError("x must not be negative")
         return model_input["x"] * 2  # a Series: MLflow answers it as records, [{"x": ...}, ...]
 
 
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory: pytest.TempPathFactory) -> ModelPredictor:
-    path = Path(tmp_path_factory.mktemp("model")) / "doubler"
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = Path(tmp_path_factory.mktemp("model"))
+    return {"model": root / "doubler", "gate": root / "gate", "batches": root / "batches.jsonl"}
+
+
+@pytest.fixture(scope="module")
+def replica(files: dict[str, Path]) -> ModelReplica:
     example = pd.DataFrame({"x": [1.0, 2.0]})
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the replica does not import the tests
+    model = Doubler(str(files["gate"]), str(files["batches"]))
     signature = infer_signature(example, example["x"] * 2)
-    mlflow.pyfunc.save_model(str(path), python_model=Doubler(), signature=signature)
-    return ModelPredictor(mlflow.pyfunc.load_model(str(path)))
+    mlflow.pyfunc.save_model(str(files["model"]), python_model=model, signature=signature)
+    replica = ModelReplica(str(files["model"]))
+    yield replica
+    replica.close()
+
+
+def _batches(files: dict[str, Path]) -> list[list[float]]:
+    if not files["batches"].exists():
+        return []
+    return [json.loads(line) for line in files["batches"].read_text().splitlines()]
 
 
 def _answer(*values: float) -> dict[str, Any]:
     return {"predictions": [{"x": v} for v in values]}
 
 
-def _while_the_model_is_held(predictor: ModelPredictor, bodies: list[tuple[str, Any]]) -> list[Future]:
+def _while_the_model_is_held(
+    replica: ModelReplica, files: dict[str, Path], bodies: list[tuple[str, Any]]
+) -> list[Future]:
     """Send x == 0 (it holds the model), queue ``bodies`` behind it, then let the model go."""
-    GATE.clear()
-    BATCHES.clear()
+    files["gate"].unlink(missing_ok=True)
+    files["batches"].unlink(missing_ok=True)
     pool = ThreadPoolExecutor(max_workers=len(bodies) + 1)
-    first = pool.submit(predictor, "dataframe_records", [{"x": 0.0}], None)
-    while not BATCHES:
+    first = pool.submit(replica, "dataframe_records", [{"x": 0.0}], None)
+    while not _batches(files):
         time.sleep(0.01)
-    futures = [pool.submit(predictor, fmt, payload, None) for fmt, payload in bodies]
-    while len(predictor._queue) < len(bodies):  # every request waits behind the held one
+    futures = [pool.submit(replica, fmt, payload, None) for fmt, payload in bodies]
+    while len(replica._queue) < len(bodies):  # every request waits behind the held one
         time.sleep(0.01)
-    GATE.set()
+    files["gate"].touch()
     assert first.result(60) == _answer(0.0)
     pool.shutdown(wait=True)
     return futures
 
 
-def test_queued_requests_are_scored_in_one_predict_and_answered_each(predictor: ModelPredictor) -> None:
+def test_queued_requests_are_scored_in_one_predict_and_answered_each(
+    replica: ModelReplica, files: dict[str, Path]
+) -> None:
     bodies = [("dataframe_records", [{"x": float(i)}, {"x": float(10 * i)}]) for i in range(1, 6)]
-    futures = _while_the_model_is_held(predictor, bodies)
+    futures = _while_the_model_is_held(replica, files, bodies)
 
     assert [f.result() for f in futures] == [_answer(2.0 * i, 20.0 * i) for i in range(1, 6)]
-    assert BATCHES[0] == [0.0] and len(BATCHES) == 2  # the held request, then one batch of all the rest
-    assert sorted(BATCHES[1]) == sorted(x for _, rows in bodies for x in (r["x"] for r in rows))
+    batches = _batches(files)
+    assert batches[0] == [0.0] and len(batches) == 2  # the held request, then one batch of all the rest
+    assert sorted(batches[1]) == sorted(x for _, rows in bodies for x in (r["x"] for r in rows))
 
 
 def test_a_failing_request_in_a_batch_gets_its_own_error_and_the_others_their_answers(
-    predictor: ModelPredictor,
+    replica: ModelReplica, files: dict[str, Path]
 ) -> None:
     bodies = [
         ("dataframe_records", [{"x": 1.0}]),
@@ -78,7 +105,7 @@ def test_a_failing_request_in_a_batch_gets_its_own_error_and_the_others_their_an
         ("dataframe_records", [{"x": 3.0}]),
         ("dataframe_split", {"columns": ["x"], "data": [[4.0]]}),  # another format: scored alone
     ]
-    futures = _while_the_model_is_held(predictor, bodies)
+    futures = _while_the_model_is_held(replica, files, bodies)
 
     assert futures[0].result() == _answer(2.0)
     with pytest.raises(ApiError) as error:
@@ -86,3 +113,22 @@ def test_a_failing_request_in_a_batch_gets_its_own_error_and_the_others_their_an
     assert error.value.status == 400 and "x must not be negative" in error.value.message
     assert futures[2].result() == _answer(6.0)
     assert futures[3].result() == _answer(8.0)
+
+
+def test_a_model_that_cannot_load_says_why(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="MlflowException|OSError|No such file"):
+        ModelReplica(str(tmp_path / "no-model-here"))
+
+
+def test_a_replica_that_dies_answers_503_and_never_hangs(
+    replica: ModelReplica, files: dict[str, Path]
+) -> None:
+    doomed = ModelReplica(str(files["model"]))  # a second replica of the same model
+    assert doomed("dataframe_records", [{"x": 2.0}], None) == _answer(4.0)
+    doomed._process.kill()
+    with pytest.raises(ApiError) as error:
+        doomed("dataframe_records", [{"x": 2.0}], None)
+    assert error.value.status == 503 and error.value.error_code == "TEMPORARILY_UNAVAILABLE"
+    with pytest.raises(ApiError):  # and every later request, at once
+        doomed("dataframe_records", [{"x": 2.0}], None)
+    assert replica("dataframe_records", [{"x": 2.0}], None) == _answer(4.0)  # the other one is unharmed

@@ -16,6 +16,10 @@ class ApiError(Exception):
         return {"error_code": self.error_code, "message": self.message}
 
 
+class ModelLoadError(Exception):
+    """A served model that could not be loaded; the message says why (MLflow's error)."""
+
+
 def bad_request(message: str) -> ApiError:
     return ApiError(400, "INVALID_PARAMETER_VALUE", message)
 

@@ -25,13 +25,18 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
-
 from helpers.local.feature_spec import FeatureSpec, resolve_records
 from helpers.local.functions import FunctionRegistry
 from helpers.local.online_store import OnlineStore, TableNotPublishedError
 from helpers.local.publishing import feature_spec_path, load_feature_spec
-from helpers.local.server.errors import ApiError, already_exists, bad_request, invalid_state, not_found
+from helpers.local.server.errors import (
+    ApiError,
+    ModelLoadError,
+    already_exists,
+    bad_request,
+    invalid_state,
+    not_found,
+)
 from helpers.local.server.inference_tables import InferenceTableConfig, PayloadEvent, PayloadLogger
 from helpers.local.server.limits import decode_json
 from helpers.names import parse_uc_name
@@ -43,6 +48,7 @@ SERVED_ENTITY_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 WORKLOAD_SIZES = ("Small", "Medium", "Large")
 INPUT_FORMATS = ("dataframe_records", "dataframe_split", "instances", "inputs")
 STARTUP_WAIT_SECONDS = 300.0
+RETIRE_GRACE_SECONDS = 5.0  # a replaced model's replica answers what it was sent, then stops
 CREATING = ("DEPLOYMENT_CREATING", "Creating resources for served entity.")
 MODEL_ERROR = (
     "Encountered an unexpected error while evaluating the model. Verify that the input is compatible with "
@@ -144,12 +150,19 @@ class Router:
 
 
 class Predictor:
-    """Answers one invocation; ``blocking`` ones run in the thread pool, off the event loop."""
-
-    blocking = False
+    """Answers one invocation."""
 
     def __call__(self, input_format: str, payload: Any, params: dict[str, Any] | None) -> dict[str, Any]:
         raise NotImplementedError
+
+    async def call_async(
+        self, input_format: str, payload: Any, params: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """The answer, from the event loop (a predictor that would block it says so here)."""
+        return self(input_format, payload, params)
+
+    def close(self) -> None:
+        """Release what the predictor holds; called once no configuration routes to it."""
 
 
 class FeatureSpecPredictor(Predictor):
@@ -379,6 +392,7 @@ class EndpointRegistry:
         self._store = OnlineStore(self._state_dir)
         self._functions = FunctionRegistry(self._state_dir)
         self._payloads = PayloadLogger(self._state_dir)
+        self._live: set[Predictor] = set()  # loaded, and routed to or not yet retired
         self._user = getpass.getuser()
 
     # lifecycle
@@ -404,6 +418,9 @@ class EndpointRegistry:
         with self._lock:
             self._closed = True
             self._db.close()
+            for predictor in self._live:
+                predictor.close()
+            self._live.clear()
 
     # REST operations
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -458,6 +475,7 @@ class EndpointRegistry:
             self._require(name)
             del self._endpoints[name]
             self._db.execute("DELETE FROM serving_endpoints WHERE name = ?", (name,))
+            self._retire_unrouted()
 
     def update_config(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -541,10 +559,7 @@ class EndpointRegistry:
             outcome["entity"] = router.entities.get(served_name)
         started = time.perf_counter()
         try:
-            if predictor.blocking:
-                answer = await run_in_threadpool(predictor, input_format, payload, params)
-            else:
-                answer = predictor(input_format, payload, params)
+            answer = await predictor.call_async(input_format, payload, params)
         finally:
             if outcome is not None:
                 outcome["execution_s"] = time.perf_counter() - started
@@ -684,36 +699,57 @@ class EndpointRegistry:
                 predictors[entity.name] = reuse or self._load_entity(entity)
             except Exception as err:  # a broken entity fails the update, never the server
                 log.exception("endpoint %s: loading %s failed", name, entity.name)
-                failures[entity.name] = f"{type(err).__name__}: {err}"
+                failures[entity.name] = (
+                    str(err) if isinstance(err, ModelLoadError) else f"{type(err).__name__}: {err}"
+                )
         with self._lock:
-            for entity in config.served_entities:
-                if entity.name in failures:
-                    entity.deployment, entity.deployment_state_message = (
-                        "DEPLOYMENT_FAILED",
-                        failures[entity.name],
-                    )
-                else:
-                    entity.deployment, entity.deployment_state_message = "DEPLOYMENT_READY", ""
-            endpoint = self._endpoints.get(name)
-            if endpoint is None or self._closed:
-                return  # deleted while loading, or the server is stopping
-            router = None if failures else Router(config, predictors)
-            if endpoint.pending_config is config:
-                if router is None:
-                    endpoint.config_update = "UPDATE_FAILED"
-                else:
-                    endpoint.config, endpoint.pending_config = config, None
-                    endpoint.router, endpoint.config_update = router, "NOT_UPDATING"
-            elif endpoint.config is config:  # the reload after a restart
-                endpoint.router, endpoint.starting = router, None
-            else:
-                return  # superseded by a newer configuration
-            endpoint.last_updated_timestamp = _now_ms()
-            self._persist(endpoint)
-        # Hide what is loaded (MLflow, pandas, sklearn, the models: ~350,000 objects) from the garbage
+            self._live.update(predictors.values())
+            try:
+                self._route(name, config, predictors, failures)
+            finally:
+                self._retire_unrouted()
+        # Hide what is loaded (MLflow, pandas, the feature specs: ~350,000 objects) from the garbage
         # collector: a full collection of them took 0.6-0.8 s on the busy 2-core machine, a stall that lands
         # in some request's latency. Cyclic garbage of a model unloaded later is then never collected.
         gc.freeze()
+
+    def _route(
+        self, name: str, config: EndpointConfig, predictors: dict[str, Predictor], failures: dict[str, str]
+    ) -> None:
+        """Record how loading ``config`` went and route the endpoint's requests to it if it loaded."""
+        for entity in config.served_entities:
+            if entity.name in failures:
+                entity.deployment, entity.deployment_state_message = (
+                    "DEPLOYMENT_FAILED",
+                    failures[entity.name],
+                )
+            else:
+                entity.deployment, entity.deployment_state_message = "DEPLOYMENT_READY", ""
+        endpoint = self._endpoints.get(name)
+        if endpoint is None or self._closed:
+            return  # deleted while loading, or the server is stopping
+        router = None if failures else Router(config, predictors)
+        if endpoint.pending_config is config:
+            if router is None:
+                endpoint.config_update = "UPDATE_FAILED"
+            else:
+                endpoint.config, endpoint.pending_config = config, None
+                endpoint.router, endpoint.config_update = router, "NOT_UPDATING"
+        elif endpoint.config is config:  # the reload after a restart
+            endpoint.router, endpoint.starting = router, None
+        else:
+            return  # superseded by a newer configuration
+        endpoint.last_updated_timestamp = _now_ms()
+        self._persist(endpoint)
+
+    def _retire_unrouted(self) -> None:
+        """Close, after a grace period, every loaded predictor that no endpoint routes requests to."""
+        routed = {id(p) for e in self._endpoints.values() if e.router for p in e.router.by_key.values()}
+        for predictor in [p for p in self._live if id(p) not in routed]:
+            self._live.discard(predictor)
+            timer = threading.Timer(RETIRE_GRACE_SECONDS, predictor.close)
+            timer.daemon = True
+            timer.start()
 
     def _load_entity(self, entity: ServedEntity) -> Predictor:
         started = time.perf_counter()
@@ -730,12 +766,9 @@ class EndpointRegistry:
         if entity.entity_version is None:
             spec = load_feature_spec(self._state_dir, entity.entity_name)
             return FeatureSpecPredictor(spec, self._store, self._functions)
-        import mlflow.pyfunc
+        from helpers.local.server.model_serving import ModelReplica
 
-        from helpers.local.server.model_serving import ModelPredictor
-
-        uri = f"models:/{entity.entity_name}/{entity.entity_version}"
-        return ModelPredictor(mlflow.pyfunc.load_model(uri))
+        return ModelReplica(f"models:/{entity.entity_name}/{entity.entity_version}")
 
 
 def _warm_up_mlflow(registry_uri: str) -> None:
