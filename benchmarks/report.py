@@ -39,8 +39,25 @@ class Row:
     errors: int | None = None
     requests: int | None = None
     ratio: float | None = None  # ours ÷ peer (throughput); logging on ÷ off
-    pair_ratios: list[float] | None = None  # logging on ÷ off, one per pair of runs
-    run_rates: list[list[float]] | None = None  # logging off and on requests/s, one pair per pair of runs
+    runs: list[tuple[float, float]] | None = None  # (rps, p99 ms) of every run; the row shows the fastest
+    cpu_us: float | None = None  # the server's CPU time per request, all its threads (logging runs)
+
+
+def fastest(runs: list[Row]) -> Row:
+    """One row for repeated runs: the fastest run's figures; errors, requests and (rps, p99) of every run."""
+    best = max(runs, key=lambda r: r.rps)
+    return Row(
+        best.workload,
+        best.system,
+        best.concurrency,
+        best.rps,
+        best.p50_ms,
+        best.p90_ms,
+        best.p99_ms,
+        errors=sum(r.errors or 0 for r in runs),
+        requests=sum(r.requests or 0 for r in runs),
+        runs=[(r.rps, r.p99_ms or 0.0) for r in runs],
+    )
 
 
 def add_ratios(rows: list[Row]) -> None:

@@ -12,11 +12,12 @@ import shutil
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from benchmarks import report
 from benchmarks.load import generator_name, run_load
@@ -31,7 +32,8 @@ N_BODIES = 2_000
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--customers", type=int, default=1_000_000, help="customers in the online store")
-    parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per load run")
+    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per load run")
+    parser.add_argument("--repeat", type=int, default=3, help="load runs per workload (the fastest is shown)")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each load run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="closed-loop connections")
     parser.add_argument(
@@ -50,12 +52,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.customers, args.duration, args.warmup = min(args.customers, 20_000), 5.0, 1.0
-        args.logging_pairs, args.logging_duration = 2, 3.0
+        args.logging_pairs, args.logging_duration, args.repeat = 2, 3.0, 1
     for name in ("customers", "train_customers"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.logging_pairs < 1 or args.logging_duration <= 0:
-        parser.error("--logging-pairs and --logging-duration must be positive")
+    if args.logging_pairs < 1 or args.logging_duration <= 0 or args.repeat < 1:
+        parser.error("--repeat, --logging-pairs and --logging-duration must be positive")
     if args.duration <= 0 or args.warmup < 0 or any(c < 1 for c in args.concurrency):
         parser.error("--duration must be > 0, --warmup >= 0 and every --concurrency >= 1")
     if args.batch_rows is not None and args.batch_rows < 1:
@@ -110,28 +112,42 @@ def main(argv: list[str] | None = None) -> int:
         bodies: list[str],
         headers: dict[str, str],
         concurrency: list[int] | None = None,
+        *,
         duration: float | None = None,
+        repeat: int | None = None,
     ) -> list[Row]:
+        """``repeat`` runs per concurrency, back to back after one warm-up; a row with the fastest."""
         out = []
         for c in concurrency or args.concurrency:
-            res = run_load(
-                url,
-                bodies,
-                WORK / "bodies.jsonl",
-                concurrency=c,
-                duration=duration or args.duration,
-                warmup=args.warmup,
-                headers=headers,
-            )
-            print(
-                f"  {workload:<16} {system:<22} c={c:<3} {res.rps:9.1f} rps  p50 {res.p50_ms:7.2f}  "
-                f"p99 {res.p99_ms:7.2f} ms  errors {res.errors}/{res.requests}"
-            )
-            out.append(
-                Row(
-                    workload, system, c, res.rps, res.p50_ms, res.p90_ms, res.p99_ms, res.errors, res.requests
+            runs = []
+            for i in range(repeat or args.repeat):
+                res = run_load(
+                    url,
+                    bodies,
+                    WORK / "bodies.jsonl",
+                    concurrency=c,
+                    duration=duration or args.duration,
+                    warmup=args.warmup if i == 0 else 0.0,
+                    headers=headers,
                 )
-            )
+                print(
+                    f"  {workload:<16} {system:<22} c={c:<3} {res.rps:9.1f} rps  p50 {res.p50_ms:7.2f}  "
+                    f"p99 {res.p99_ms:7.2f} ms  errors {res.errors}/{res.requests}"
+                )
+                runs.append(
+                    Row(
+                        workload,
+                        system,
+                        c,
+                        res.rps,
+                        res.p50_ms,
+                        res.p90_ms,
+                        res.p99_ms,
+                        res.errors,
+                        res.requests,
+                    )
+                )
+            out.append(report.fastest(runs))
         return out
 
     rows: list[Row] = [Row("publish rows", OURS, None, args.customers / built.timings["publish_s"])]
@@ -141,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.warmup:g} s warm-up, closed loop, {N_BODIES} random bodies per workload",
     }
     from helpers import serving
-    from helpers.local.server.process import stop_server
+    from helpers.local.server.process import read_info, stop_server
 
     try:
         print("local twin: deploying the Feature Serving and fraud endpoints")
@@ -166,11 +182,26 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 w.serving_endpoints.put_ai_gateway("bench-features")  # no inference table
 
+        server = psutil.Process(read_info(state_dir).pid)
+
         for c in args.concurrency:
 
             def measure(on: bool, c: int = c) -> Row:
                 system = LOGGED if on else UNLOGGED
-                return load("lookup 1 key", system, spec_url, bodies, auth, [c], args.logging_duration)[0]
+                before = sum(server.cpu_times()[:2])
+                row = load(
+                    "lookup 1 key",
+                    system,
+                    spec_url,
+                    bodies,
+                    auth,
+                    [c],
+                    duration=args.logging_duration,
+                    repeat=1,
+                )[0]
+                # The warm-up's requests are not counted, its CPU is: a slight overestimate, alike off and on.
+                row.cpu_us = (sum(server.cpu_times()[:2]) - before) / (row.requests or 1) * 1e6
+                return row
 
             rows += logging_rows(paired_runs(measure, set_logging, args.logging_pairs))
     finally:
@@ -239,55 +270,57 @@ def paired_runs(
 
 
 def logging_rows(pairs: list[tuple[Row, Row]]) -> list[Row]:
-    """A row for logging off and one for on, each its side's fastest run; the cost: fastest on ÷ fastest off.
-
-    The fastest run, as ``timeit`` takes the fastest: on a shared machine the rest of it only ever slows a
-    run down. Errors and requests count every run.
-    """
-    best = []
-    for runs in ([p[0] for p in pairs], [p[1] for p in pairs]):
-        row = replace(max(runs, key=lambda r: r.rps))
-        row.errors = sum(r.errors or 0 for r in runs)
-        row.requests = sum(r.requests or 0 for r in runs)
-        row.pair_ratios = None
-        best.append(row)
-    best[1].ratio = best[1].rps / best[0].rps if best[0].rps > 0 else None
-    best[1].pair_ratios = [on.rps / off.rps for off, on in pairs if off.rps > 0]
-    best[1].run_rates = [[off.rps, on.rps] for off, on in pairs]
-    return best
+    """A row for logging off and one for on, each its side's fastest run; the cost: on ÷ off."""
+    off, on = report.fastest([p[0] for p in pairs]), report.fastest([p[1] for p in pairs])
+    on.ratio = on.rps / off.rps if off.rps > 0 else None
+    for row, side in ((off, 0), (on, 1)):  # the median server CPU per request of the side's runs
+        row.cpu_us = float(np.median([p[side].cpu_us for p in pairs if p[side].cpu_us is not None]))
+    return [off, on]
 
 
-def _logging_runs(rows: list[Row]) -> str:
-    parts = []
+def _every_run(rows: list[Row]) -> str:
+    lines = []
     for r in rows:
-        if r.pair_ratios is not None and r.run_rates is not None:
-            off = ", ".join(f"{a:,.0f}" for a, _ in r.run_rates)
-            on = ", ".join(f"{b:,.0f}" for _, b in r.run_rates)
-            parts.append(
-                f"c={r.concurrency}: off {off}; on {on}; median of the pairs' on ÷ off "
-                f"{np.median(r.pair_ratios):.3f}"
+        if r.runs and len(r.runs) > 1:
+            rates = ", ".join(f"{rps:,.0f}" for rps, _ in r.runs)
+            p99s = ", ".join(f"{p99:.1f}" for _, p99 in r.runs)
+            lines.append(f"- {r.workload}, {r.system}, c={r.concurrency}: {rates} rps (p99 {p99s} ms)")
+    pairs = {(r.concurrency, r.system): r.runs for r in rows if r.system in (LOGGED, UNLOGGED) and r.runs}
+    for c in sorted({c for c, _ in pairs}):
+        off, on = pairs.get((c, UNLOGGED)), pairs.get((c, LOGGED))
+        if off and on:
+            ratios = [b[0] / a[0] for a, b in zip(off, on, strict=True) if a[0] > 0]
+            lines.append(f"- logging on ÷ off, pair by pair, c={c}: {', '.join(f'{x:.3f}' for x in ratios)}")
+    for r in rows:
+        if r.cpu_us is not None:
+            lines.append(
+                f"- server CPU per request (median of runs), {r.system}, c={r.concurrency}: {r.cpu_us:.0f} µs"
             )
-    return "\n".join(f"- {p}" for p in parts)
+    return "\n".join(lines)
 
 
 def _document(args: argparse.Namespace, rows: list[Row], facts: str, seconds: float) -> str:
     command = "python -m benchmarks " + (
-        "--quick" if args.quick else f"--customers {args.customers} --duration {args.duration:g}"
+        "--quick"
+        if args.quick
+        else f"--customers {args.customers} --duration {args.duration:g} --repeat {args.repeat}"
     )
     return (
         f"## Benchmark results ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, `{command}`, "
         f"{seconds / 60:.1f} min)\n\n"
         f"{report.table(rows)}\n\n"
-        "rps = requests/s (rows/s for `publish rows` and `score_batch rows`); ratio = local twin ÷ peer.\n"
+        "rps = requests/s (rows/s for `publish rows` and `score_batch rows`); ratio = local twin ÷ peer. "
+        f"Each row is the fastest of {args.repeat} back-to-back runs of {args.duration:g} s (after one "
+        "warm-up), as `timeit` takes the fastest: on a shared machine other work only ever slows a run down; "
+        "errors and requests count every run, and every run is listed below.\n"
         f"Logging cost: the same endpoint with its inference table off (`{UNLOGGED}`) and on (`{LOGGED}`), "
-        f"{args.logging_pairs} pair(s) of {args.logging_duration:g} s runs per concurrency in ABBA order "
-        "(off-on, on-off, ...). Each row is its side's fastest run, as `timeit` takes the fastest: on a "
-        "shared machine other work only ever slows a run down (errors and requests count every run). "
-        "The ratio is fastest on ÷ fastest off. Every run's requests/s:\n"
-        f"{_logging_runs(rows)}\n"
+        f"{args.logging_pairs} pairs of {args.logging_duration:g} s runs per concurrency in ABBA order "
+        "(off-on, on-off, ...); the ratio is the fastest on ÷ the fastest off. The server's CPU time per "
+        "request (all its threads, median of the runs) is listed below for both.\n"
         "Errors are non-2xx answers plus socket errors and timeouts. The fraud peer, `mlflow models serve`, "
         "does less work: every feature arrives in the request, it does no online lookup. `publish rows` for "
         "the local twin is its first `publish_table` (full snapshot), measured when the data was built. "
         "Both fraud servers serve the same model (`benchmarks/model.py`).\n\n"
-        f"Machine:\n{facts}\n"
+        f"Machine:\n{facts}\n\n"
+        f"Every run:\n{_every_run(rows)}\n"
     )

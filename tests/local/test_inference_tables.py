@@ -97,6 +97,13 @@ def test_rows_are_built_when_written_with_databricks_values() -> None:
     assert {r["request_date"].isoformat() for r in rows} == {"2026-01-02"}
 
 
+def test_a_batch_without_request_ids_gets_a_fresh_uuid4_each_and_no_error_codes() -> None:
+    rows = payload_table([_row(i)._replace(request_id=None) for i in range(1000)]).to_pylist()
+    ids = [r["databricks_request_id"] for r in rows]
+    assert len(set(ids)) == 1000 and all(str(uuid.UUID(i)) == i and uuid.UUID(i).version == 4 for i in ids)
+    assert all(r["logging_error_codes"] == [] and r["sampling_fraction"] == 1.0 for r in rows)
+
+
 def test_config_validation_names_the_field() -> None:
     config = InferenceTableConfig.parse({"catalog_name": "main", "schema_name": "s"}, "ai", "fraud-scoring")
     assert config.payload_table == "main.s.fraud_scoring_payload"

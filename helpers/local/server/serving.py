@@ -277,7 +277,7 @@ def parse_invocation(body: bytes) -> tuple[str, Any, dict[str, Any] | None, str 
 
 
 # Endpoints ------------------------------------------------------------------------------------------------
-_RUNTIME_FIELDS = ("router", "starting")
+_RUNTIME_FIELDS = ("router", "starting", "logged_to")
 
 
 @dataclass
@@ -295,6 +295,8 @@ class Endpoint:
     ai_gateway: dict[str, Any] | None = None  # only ``inference_table_config`` is supported locally
     router: Router | None = field(default=None, repr=False)  # what answers requests now
     starting: Future | None = field(default=None, repr=False)  # reload of ``config`` after a restart
+    # (AI Gateway config, auto-capture config, payload table) last computed: asked on every request
+    logged_to: tuple[Any, Any, str | None] | None = field(default=None, repr=False)
 
     @property
     def ready(self) -> str:
@@ -347,10 +349,21 @@ class Endpoint:
     def payload_table(self) -> str | None:
         """The table requests are logged to: AI Gateway's if enabled, else ``auto_capture_config``'s."""
         gateway = (self.ai_gateway or {}).get("inference_table_config")
-        for raw in (gateway, self.config.auto_capture if self.config else None):
-            if raw and raw.get("enabled"):
-                return InferenceTableConfig(**raw).payload_table
-        return None
+        capture = self.config.auto_capture if self.config else None
+        if self.logged_to is not None and self.logged_to[0] is gateway and self.logged_to[1] is capture:
+            return self.logged_to[
+                2
+            ]  # the configs are replaced, never changed in place: same objects, same table
+        table = next(
+            (
+                InferenceTableConfig(**raw).payload_table
+                for raw in (gateway, capture)
+                if raw and raw.get("enabled")
+            ),
+            None,
+        )
+        self.logged_to = (gateway, capture, table)
+        return table
 
     @classmethod
     def from_doc(cls, text: str) -> Endpoint:
