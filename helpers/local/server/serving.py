@@ -350,10 +350,9 @@ class Endpoint:
         """The table requests are logged to: AI Gateway's if enabled, else ``auto_capture_config``'s."""
         gateway = (self.ai_gateway or {}).get("inference_table_config")
         capture = self.config.auto_capture if self.config else None
+        # The configs are replaced, never changed in place: the same objects mean the same table.
         if self.logged_to is not None and self.logged_to[0] is gateway and self.logged_to[1] is capture:
-            return self.logged_to[
-                2
-            ]  # the configs are replaced, never changed in place: same objects, same table
+            return self.logged_to[2]
         table = next(
             (
                 InferenceTableConfig(**raw).payload_table
