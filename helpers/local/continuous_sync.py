@@ -76,10 +76,9 @@ class ContinuousStatus:
 # The registry ----------------------------------------------------------------------------------------------
 @contextmanager
 def _connection(store: OnlineStore) -> Iterator[sqlite3.Connection]:
-    store.list_published()  # creates online.db and the store's own tables if this is the first use
     conn = sqlite3.connect(store.path, timeout=600, isolation_level=None)
     try:
-        conn.execute(_SCHEMA)
+        conn.execute(_SCHEMA)  # a no-op once the table exists (and online.db may have been deleted since)
         yield conn
     finally:
         conn.close()
@@ -139,14 +138,18 @@ class Tailer:
         self.poll_seconds = poll_seconds
         self.store = OnlineStore(self.state_dir)
         self.tables = DeltaTables(self.state_dir)
+        self.following = 0
 
     def sync_once(self) -> list[PublishResult]:
         """One poll over the followed tables; returns the syncs that wrote something."""
         results = []
-        for status in statuses(self.store):
+        followed = statuses(self.store)
+        self.following = len(followed)
+        for status in followed:
             if status.last_processed_commit_version is None:  # its online table was dropped
                 unfollow(self.store, status.online_table_name)
                 log.info("%s was dropped; no longer following it", status.online_table_name)
+                self.following -= 1
                 continue
             source, version = status.source_table_name, status.last_processed_commit_version
             idle = self.tables.exists(source) and not _commit_file(self.tables, source, version + 1).exists()
@@ -178,7 +181,7 @@ class Tailer:
                 return
             try:
                 self.sync_once()
-                if not statuses(self.store) and _retire(self.state_dir, self.store):
+                if not self.following and _retire(self.state_dir, self.store):
                     log.info("no continuous online table left; stopping")
                     return
             except Exception:
