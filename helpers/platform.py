@@ -72,9 +72,13 @@ def feature_engineering_client(cfg: Settings | None = None) -> Any:
 
         mlflow.set_registry_uri("databricks-uc")
         return FeatureEngineeringClient()
+    from helpers.local.continuous_sync import resume
     from helpers.local.feature_client import LocalFeatureEngineeringClient
 
     _local_mlflow(cfg.state_dir)
+    resume(
+        cfg.state_dir
+    )  # CONTINUOUS online tables keep syncing after `make stop` or a reboot, as on Databricks
     return LocalFeatureEngineeringClient(cfg.state_dir)
 
 

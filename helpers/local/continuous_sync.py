@@ -14,7 +14,8 @@ Which online tables are continuous is kept in the online store's own database (t
 state named as Databricks names an online table's (``ONLINE_CONTINUOUS_UPDATE`` while it streams,
 ``ONLINE_PIPELINE_FAILED`` when a sync fails; the twin retries at every poll). The tailer exits by itself
 once no table is followed (the online table or its store was deleted), or when its state directory is gone;
-``python -m helpers.local.continuous_sync stop`` (``make stop``) ends it. ``<state_dir>/continuous_sync.json``
+``python -m helpers.local.continuous_sync stop`` (``make stop``) ends it; the next feature client (or
+``... continuous_sync start``) resumes it while a table is followed. ``<state_dir>/continuous_sync.json``
 holds its pid, ``<state_dir>/continuous_sync.log`` its log.
 """
 
@@ -258,6 +259,14 @@ def ensure_tailer(state_dir: Path) -> int:
         return child.pid
 
 
+def resume(state_dir: Path) -> int | None:
+    """Start a tailer if a table is followed and none runs (after ``make stop`` or a reboot); its pid."""
+    store = OnlineStore(state_dir)
+    if not store.path.exists() or not statuses(store):
+        return None
+    return ensure_tailer(state_dir)
+
+
 def stop_tailer(state_dir: Path, timeout: float = STOP_TIMEOUT_SECONDS) -> bool:
     """Stop the tailer of ``state_dir`` (SIGTERM: it ends between two syncs); ``False`` if none ran."""
     state_dir = Path(state_dir).resolve()
@@ -308,7 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         serve(state_dir, args.poll_seconds)
     elif args.command == "start":
-        print(f"continuous sync running (pid {ensure_tailer(state_dir)}); log: {log_path(state_dir)}")
+        pid = resume(state_dir)
+        print(
+            f"continuous sync running (pid {pid}); log: {log_path(state_dir)}" if pid else "nothing to follow"
+        )
     elif args.command == "stop":
         print("continuous sync stopped" if stop_tailer(state_dir) else "no continuous sync was running")
     else:

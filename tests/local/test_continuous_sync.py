@@ -143,7 +143,7 @@ def test_a_killed_tailer_leaves_the_store_whole_and_the_next_one_resumes(
     assert store.list_published()[0].delta_version == client._tables.version(LIVE)
 
 
-def test_stop_ends_the_tailer_between_syncs(client: Client, state_dir: Path) -> None:
+def test_stop_ends_the_tailer_between_syncs_and_resume_follows_again(client: Client, state_dir: Path) -> None:
     publish(client, LIVE, "CONTINUOUS")
     pid = continuous_sync.running_pid(state_dir)
 
@@ -151,4 +151,15 @@ def test_stop_ends_the_tailer_between_syncs(client: Client, state_dir: Path) -> 
 
     assert pid is not None and process_gone(pid)
     assert continuous_sync.stop_tailer(state_dir) is False
+    merge(client, LIVE, [1], 0.4)  # while nothing follows
     assert continuous_sync.statuses(OnlineStore(state_dir))[0].state == "ONLINE_CONTINUOUS_UPDATE"
+    assert continuous_sync.resume(state_dir) is not None
+    wait_for(lambda: score(state_dir, LIVE, 1) == 0.4, "the resumed tailer to sync the merge")
+
+
+def test_resume_starts_nothing_without_a_continuous_table(client: Client, state_dir: Path) -> None:
+    publish(client, BATCH, "TRIGGERED")
+
+    assert continuous_sync.resume(state_dir) is None
+    assert continuous_sync.resume(state_dir / "elsewhere") is None
+    assert continuous_sync.running_pid(state_dir) is None
