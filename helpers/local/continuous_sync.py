@@ -226,18 +226,29 @@ def _remove_pid(state_dir: Path, pid: int) -> None:
         _pid_path(state_dir).unlink(missing_ok=True)
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not: its parent has yet to reap it)."""
+    child = _children.get(pid)
+    if child is not None:
+        return child.poll() is None
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def running_pid(state_dir: Path) -> int | None:
     """The pid of the tailer of ``state_dir``, if one runs."""
+    for pid, child in list(_children.items()):  # reap tailers started here that ended on their own
+        if child.poll() is not None:
+            del _children[pid]
     try:
         pid = int(json.loads(_pid_path(state_dir).read_text())["pid"])
-        child = _children.get(pid)
-        if child is not None:  # started here: maybe not yet exec'd, so its cmdline is still this process's
-            return pid if child.poll() is None else None
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        status = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        # A child started here may not have exec'd yet: its cmdline would still be this process's.
+        ours = pid in _children or _MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ValueError, KeyError, OSError):
         return None
-    return pid if _MODULE.encode() in cmdline and status != "Z" else None
+    return pid if ours and _alive(pid) else None
 
 
 def ensure_tailer(state_dir: Path) -> int:
@@ -275,20 +286,14 @@ def stop_tailer(state_dir: Path, timeout: float = STOP_TIMEOUT_SECONDS) -> bool:
     if pid is None:
         return False
     os.kill(pid, signal.SIGTERM)
-    child = _children.pop(pid, None)
-    try:
-        if child is not None:
-            child.wait(timeout)
-        else:
-            deadline = time.monotonic() + timeout
-            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-    except subprocess.TimeoutExpired:
-        pass
-    if child is not None and child.poll() is None or child is None and Path(f"/proc/{pid}").exists():
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
         os.kill(pid, signal.SIGKILL)
-        if child is not None:
-            child.wait()
+    child = _children.pop(pid, None)
+    if child is not None:
+        child.wait()
     return True
 
 
