@@ -103,17 +103,26 @@ def unfollow(store: OnlineStore, online_table_name: str) -> bool:
 
 
 def statuses(store: OnlineStore) -> list[ContinuousStatus]:
-    """Every followed online table with its state and the Delta version it holds."""
-    versions = {info.online_table_name: info.delta_version for info in store.list_published()}
-    with _connection(store) as conn:
+    """Every followed online table with its state and the Delta version it holds (``None``: dropped)."""
+    store.list_published()  # makes sure the store's own tables exist
+    with _connection(store) as conn:  # one statement: the registry and the versions as of one moment
         rows = conn.execute(
-            "SELECT online_table_name, source_table_name, state, message, synced_at FROM _continuous "
-            "ORDER BY online_table_name"
+            "SELECT c.online_table_name, c.source_table_name, c.state, p.delta_version, c.synced_at, "
+            "c.message FROM _continuous c LEFT JOIN _published p USING (online_table_name) "
+            "ORDER BY c.online_table_name"
         ).fetchall()
-    return [
-        ContinuousStatus(online, source, state, versions.get(online), synced_at, message)
-        for online, source, state, message, synced_at in rows
-    ]
+    return [ContinuousStatus(*row) for row in rows]
+
+
+def _forget_dropped(store: OnlineStore, online_table_name: str) -> bool:
+    """Unfollow ``online_table_name`` unless it was published again since the poll saw it gone."""
+    with _connection(store) as conn:
+        removed = conn.execute(
+            "DELETE FROM _continuous WHERE online_table_name = ? AND NOT EXISTS "
+            "(SELECT 1 FROM _published WHERE online_table_name = ?)",
+            (online_table_name, online_table_name),
+        )
+        return removed.rowcount > 0
 
 
 def _set_state(store: OnlineStore, online_table_name: str, state: str, message: str | None) -> None:
@@ -148,9 +157,9 @@ class Tailer:
         self.following = len(followed)
         for status in followed:
             if status.last_processed_commit_version is None:  # its online table was dropped
-                unfollow(self.store, status.online_table_name)
-                log.info("%s was dropped; no longer following it", status.online_table_name)
-                self.following -= 1
+                if _forget_dropped(self.store, status.online_table_name):
+                    log.info("%s was dropped; no longer following it", status.online_table_name)
+                    self.following -= 1
                 continue
             source, version = status.source_table_name, status.last_processed_commit_version
             idle = self.tables.exists(source) and not _commit_file(self.tables, source, version + 1).exists()

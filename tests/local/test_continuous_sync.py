@@ -163,3 +163,14 @@ def test_resume_starts_nothing_without_a_continuous_table(client: Client, state_
     assert continuous_sync.resume(state_dir) is None
     assert continuous_sync.resume(state_dir / "elsewhere") is None
     assert continuous_sync.running_pid(state_dir) is None
+
+
+def test_a_failing_sync_shows_the_failed_state_and_keeps_the_rows(client: Client, state_dir: Path) -> None:
+    publish(client, LIVE, "CONTINUOUS")
+
+    client._tables.drop(LIVE)  # the source goes away under a running pipeline
+
+    store = OnlineStore(state_dir)
+    wait_for(lambda: continuous_sync.statuses(store)[0].state == "ONLINE_PIPELINE_FAILED", "the failed state")
+    assert LIVE in (continuous_sync.statuses(store)[0].message or "")
+    assert score(state_dir, LIVE, 1) == 0.1
