@@ -46,9 +46,10 @@ soak: $(INSTALL)  ## 200 req/s, 3 min warm-up + 60 s: 0 errors and flat memory, 
 app: $(INSTALL)  ## the dashboard (app/) on 127.0.0.1:$(APP_PORT), against the local workspace server
 	$(PY) -m helpers.local.dashboard start --port $(APP_PORT)
 
-stop: $(INSTALL)  ## stop the dashboard and the local workspace server
+stop: $(INSTALL)  ## stop the dashboard, the local workspace server and the continuous online-table sync
 	$(PY) -m helpers.local.dashboard stop
 	$(PY) -m helpers.local.server stop
+	$(PY) -m helpers.local.continuous_sync stop
 
 docs: $(INSTALL) | $(RUN_DIR)/$(notdir $(lastword $(NOTEBOOKS)))  ## the course site in site/, from the executed notebooks
 	DOCS_NOTEBOOKS_DIR=$(RUN_DIR) NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

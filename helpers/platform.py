@@ -6,6 +6,7 @@ Notebooks call these functions and the real Databricks APIs; everything backend-
 from __future__ import annotations
 
 import os
+import re
 import time
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
@@ -71,9 +72,13 @@ def feature_engineering_client(cfg: Settings | None = None) -> Any:
 
         mlflow.set_registry_uri("databricks-uc")
         return FeatureEngineeringClient()
+    from helpers.local.continuous_sync import resume
     from helpers.local.feature_client import LocalFeatureEngineeringClient
 
     _local_mlflow(cfg.state_dir)
+    resume(
+        cfg.state_dir
+    )  # CONTINUOUS online tables keep syncing after `make stop` or a reboot, as on Databricks
     return LocalFeatureEngineeringClient(cfg.state_dir)
 
 
@@ -164,7 +169,8 @@ def wait_for_publish(
 
     On Databricks publishing runs as a pipeline after ``publish_table`` returns, so an endpoint queried at
     once may still see the old rows: this polls the pipeline (printing each new state) and raises on failure
-    or timeout. Locally ``publish_table`` is synchronous and there is nothing to wait for.
+    or timeout. A ``CONTINUOUS`` pipeline never completes: it is ready once it runs. Locally
+    ``publish_table`` has synced before it returns (and a continuous table is followed from then on).
     """
     if current_settings().backend != "databricks":
         return published
@@ -172,12 +178,13 @@ def wait_for_publish(
 
     w, started, last = WorkspaceClient(), time.monotonic(), None
     while True:
-        updates = w.pipelines.get(published.pipeline_id).latest_updates or []
+        pipeline = w.pipelines.get(published.pipeline_id)
+        updates = pipeline.latest_updates or []
         state = updates[0].state.value if updates and updates[0].state else "QUEUED"
         if state != last:
             print(f"  {time.monotonic() - started:6.1f} s  publishing {published.online_table_name}: {state}")
             last = state
-        if state == "COMPLETED":
+        if state == "COMPLETED" or (state == "RUNNING" and pipeline.spec and pipeline.spec.continuous):
             return published
         if state in ("FAILED", "CANCELED"):
             where = f"see pipeline {published.pipeline_id}"
@@ -185,6 +192,36 @@ def wait_for_publish(
         if time.monotonic() - started > timeout.total_seconds():
             raise TimeoutError(f"publishing {published.online_table_name} not done after {timeout} ({state})")
         time.sleep(poll_seconds)
+
+
+# TEMPORARY (branch `continuous`): the `strict` branch brings the real `spark_session()`; keep that one at
+# merge and delete this block (notebook 02's `spark.sql("ALTER TABLE ...")` cell runs unchanged on either).
+def spark_session() -> Any:
+    """The Spark session on Databricks; locally an object whose ``sql`` runs the one statement the notebooks
+    use: ``ALTER TABLE <name> SET TBLPROPERTIES (delta.enableChangeDataFeed = true)``."""
+    if current_settings().backend == "databricks":
+        from pyspark.sql import SparkSession
+
+        return SparkSession.builder.getOrCreate()
+    return _LocalSql()
+
+
+class _LocalSql:
+    _ENABLE_CDF = re.compile(
+        r"\s*ALTER\s+TABLE\s+(\S+)\s+SET\s+TBLPROPERTIES\s*\(\s*delta\.enableChangeDataFeed\s*=\s*true\s*\)\s*",
+        re.IGNORECASE,
+    )
+
+    def sql(self, statement: str) -> None:
+        from helpers.local.tables import DeltaTables
+
+        match = self._ENABLE_CDF.fullmatch(statement)
+        if match is None:
+            raise NotImplementedError(
+                f"the local twin runs only ALTER TABLE ... enableChangeDataFeed: {statement}"
+            )
+        table = DeltaTables(current_settings().state_dir).delta(match.group(1))
+        table.alter.set_table_properties({"delta.enableChangeDataFeed": "true"})
 
 
 def drop_python_function(name: str) -> None:

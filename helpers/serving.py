@@ -163,6 +163,19 @@ def time_calls(call: Callable[[int], Any], n: int) -> np.ndarray:
     return latencies
 
 
+def seconds_until(
+    condition: Callable[[], bool], timeout: timedelta = timedelta(minutes=10), interval: float = 0.1
+) -> float:
+    """Poll ``condition`` every ``interval`` seconds; the seconds it took to hold (TimeoutError after
+    ``timeout``). Used for freshness: how long a write takes to become readable online."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout.total_seconds():
+            raise TimeoutError(f"still not true after {timeout}")
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
 def latency_summary(latencies_ms: np.ndarray) -> dict[str, float]:
     quantiles = (50, 90, 99)
     values = np.percentile(latencies_ms, quantiles)

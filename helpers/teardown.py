@@ -34,9 +34,19 @@ def demo_resources(cfg: Settings) -> DemoResources:
     table = cfg.table
     ratio = ratio_feature(cfg)
     return DemoResources(
-        endpoints=("customer-offers", cfg.model_endpoint, f"{cfg.model_endpoint}-request", cfg.job_endpoint),
+        endpoints=(
+            "customer-offers",
+            "customer-offers-live",
+            cfg.model_endpoint,
+            f"{cfg.model_endpoint}-request",
+            cfg.job_endpoint,
+        ),
         jobs=(cfg.job_name,),
-        feature_specs=(table("customer_offers_spec"), table("shelf_layout_spec")),
+        feature_specs=(
+            table("customer_offers_spec"),
+            table("customer_live_offer_spec"),
+            table("shelf_layout_spec"),
+        ),
         online_stores=(cfg.online_store_name,),
         tables=tuple(
             table(name)
@@ -47,6 +57,7 @@ def demo_resources(cfg: Settings) -> DemoResources:
                 "products",
                 "store_demand",
                 "customer_propensity",
+                "customer_live_offer",
                 "shelf_sales_history",
                 "shelf_layouts",
                 "shelf_layout_results",

@@ -32,9 +32,11 @@ def shared_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     patch.setenv("HELPERS_STATE_DIR", str(state))
     patch.delenv("MLFLOW_TRACKING_URI", raising=False)
     yield state
+    from helpers.local.continuous_sync import stop_tailer
     from helpers.local.server.process import stop_server
 
     stop_server(state)
+    stop_tailer(state)
     patch.undo()
 
 

@@ -20,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from helpers.local import continuous_sync
 from helpers.local.feature_spec import FeatureSpec, FunctionSpec, LookupSpec
 from helpers.local.functions import FunctionRegistry
 from helpers.local.online_store import OnlineStore
@@ -237,7 +238,8 @@ class OnlinePublishingMixin:
         """Sync a feature table into the online store: a snapshot first, then only what changed.
 
         ``TRIGGERED`` (the default) copies the changes since the last publish; ``SNAPSHOT`` copies the whole
-        table every time; ``CONTINUOUS`` syncs once now (the twin has no streaming pipeline).
+        table every time; ``CONTINUOUS`` syncs now, then keeps following the table's change data feed in the
+        background (:mod:`helpers.local.continuous_sync`) until the online table is deleted.
         """
         from databricks.ml_features.entities.published_table import PublishedTable
 
@@ -278,8 +280,6 @@ class OnlinePublishingMixin:
             )
         if not self._tables.exists(source_table_name):
             raise ValueError(f"source_table_name: feature table {source_table_name} does not exist")
-        if publish_mode == "CONTINUOUS":
-            log.warning("publish_mode='CONTINUOUS' syncs once locally; call publish_table again after writes")
         result = self._online_store.publish(
             source_table_name,
             online_table_name,
@@ -287,6 +287,12 @@ class OnlinePublishingMixin:
             snapshot=publish_mode == "SNAPSHOT",
             online_store=online_store.name,
         )
+        # CONTINUOUS: from now on the tailer syncs every commit of the source, as Databricks' pipeline does
+        if publish_mode == "CONTINUOUS":
+            continuous_sync.follow(self._online_store, source_table_name, online_table_name)
+            continuous_sync.ensure_tailer(self._state_dir)
+        else:
+            continuous_sync.unfollow(self._online_store, online_table_name)
         log.info(
             "%s -> %s: %s publish of Delta version %s, %s row(s) written, %s online",
             source_table_name,
