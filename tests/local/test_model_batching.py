@@ -16,7 +16,7 @@ import pytest
 from mlflow.models import infer_signature
 
 from helpers.local.server.errors import ApiError, ModelLoadError
-from helpers.local.server.model_serving import ModelReplica
+from helpers.local.server.model_processes import ModelReplica
 
 
 class Doubler(mlflow.pyfunc.PythonModel):

@@ -8,16 +8,14 @@ from typing import Any
 
 from fastapi import Request
 
-from helpers.local.server.errors import ApiError, bad_request
+from helpers.local.server.errors import ApiError, bad_request, too_large
 
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 
 def _too_large(size: int) -> ApiError:
-    return ApiError(
-        413,
-        "INVALID_PARAMETER_VALUE",
-        f"the request payload ({size} bytes) exceeds the 16 MB limit ({MAX_REQUEST_BYTES} bytes)",
+    return too_large(
+        f"the request payload ({size} bytes) exceeds the 16 MB limit ({MAX_REQUEST_BYTES} bytes)"
     )
 
 
