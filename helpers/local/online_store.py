@@ -166,6 +166,11 @@ _EXPECTED = {
 }
 
 
+def _shown(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 100 else text[:100] + "..."
+
+
 class KeyTypeError(ValueError):
     """A lookup key that cannot be a value of its key column (``"abc"`` or ``NaN`` for an integer key)."""
 
@@ -178,6 +183,8 @@ def _key_for(value: Any, kind: str) -> Any:
     """
     if value is None:
         return _MISS
+    if isinstance(value, bool) and kind != "bool":
+        raise KeyTypeError(f"must be {_EXPECTED.get(kind, kind)}, got {value!r}")
     try:
         if kind == "int":
             if isinstance(value, str):
@@ -216,7 +223,7 @@ def _key_for(value: Any, kind: str) -> Any:
             return _MISS  # a key column of another type: the key is not found
     except (TypeError, ValueError, OverflowError):
         pass
-    raise KeyTypeError(f"must be {_EXPECTED[kind]}, got {str(value)[:100]!r}")
+    raise KeyTypeError(f"must be {_EXPECTED[kind]}, got {_shown(value)}")
 
 
 # Arrow helpers ---------------------------------------------------------------------------------------------
