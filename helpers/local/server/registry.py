@@ -110,16 +110,13 @@ class EndpointRegistry:
     # REST operations
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
         name, tags, description, config_body = parse_endpoint_fields(body)
+        self._require_new(name)
         now = now_ms()
         pending = parse_config(config_body, "config", 1, now, name, self._is_feature_spec)
         ai_gateway = parse_ai_gateway(body.get("ai_gateway"), "ai_gateway", name)
-        with self._lock:
-            if name in self._endpoints:
-                raise already_exists(f"Endpoint with name '{name}' already exists.")
         await self._require_versions(pending, "config")
         with self._lock:
-            if name in self._endpoints:
-                raise already_exists(f"Endpoint with name '{name}' already exists.")
+            self._require_new(name)  # again: another request may have created it meanwhile
             endpoint = Endpoint(
                 name=name,
                 id=uuid.uuid4().hex,
@@ -245,6 +242,11 @@ class EndpointRegistry:
         if endpoint is None:
             raise not_found(f"Endpoint with name '{name}' does not exist.")
         return endpoint
+
+    def _require_new(self, name: str) -> None:
+        with self._lock:
+            if name in self._endpoints:
+                raise already_exists(f"Endpoint with name '{name}' already exists.")
 
     def _require_updatable(self, name: str) -> Endpoint:
         endpoint = self._require(name)
