@@ -35,7 +35,7 @@ from helpers.local.server.errors import (
     internal_error,
     no_such_route,
 )
-from helpers.local.server.limits import decode_json, read_body
+from helpers.local.server.limits import read_body, read_object
 from helpers.local.server.registry import EndpointRegistry
 
 log = logging.getLogger(__name__)
@@ -46,20 +46,13 @@ def _endpoints(request: Request) -> EndpointRegistry:
     return request.app.state.endpoints
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    body = decode_json(await read_body(request) or b"{}")
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    return body
-
-
 async def host_metadata(request: Request) -> dict[str, Any]:
     """What the SDK reads when a client starts (``HostMetadata``): no OIDC here, only the workspace id."""
     return {"workspace_id": request.app.state.workspace_id}
 
 
 async def create_endpoint(request: Request) -> dict[str, Any]:
-    return await _endpoints(request).create(await _json_body(request))
+    return await _endpoints(request).create(await read_object(request))
 
 
 async def list_endpoints(request: Request) -> dict[str, Any]:
@@ -75,11 +68,11 @@ async def delete_endpoint(name: str, request: Request) -> dict[str, Any]:
 
 
 async def update_config(name: str, request: Request) -> dict[str, Any]:
-    return await _endpoints(request).update_config(name, await _json_body(request))
+    return await _endpoints(request).update_config(name, await read_object(request))
 
 
 async def put_ai_gateway(name: str, request: Request) -> dict[str, Any]:
-    return _endpoints(request).put_ai_gateway(name, await _json_body(request))
+    return _endpoints(request).put_ai_gateway(name, await read_object(request))
 
 
 async def invoke(request: Request, name: str) -> Response:

@@ -21,7 +21,7 @@ from helpers.local.job_runner import OUTPUT_LIMIT
 from helpers.local.job_store import JobRecord, RunRecord, State, TaskRunRecord
 from helpers.local.jobs import LocalJobs
 from helpers.local.server.errors import bad_request, unavailable
-from helpers.local.server.limits import decode_json, read_body
+from helpers.local.server.limits import read_object
 
 log = logging.getLogger(__name__)
 NOTEBOOKS_ROOT_ENV = "HELPERS_JOBS_NOTEBOOKS_ROOT"
@@ -54,16 +54,6 @@ async def _call(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await run_in_threadpool(method, *args, **kwargs)
     except ValueError as exc:
         raise bad_request(str(exc)) from None
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await read_body(request)
-    if not raw.strip():
-        return {}
-    body = decode_json(raw)
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    return body
 
 
 def _query_int(request: Request, name: str, default: int | None = None) -> int | None:
@@ -110,7 +100,7 @@ def _paged(key: str, items: list[dict[str, Any]], offset: int, has_more: bool) -
 
 
 async def create_job(request: Request) -> dict[str, Any]:
-    job = await _call(service(request).create_job, await _body(request))
+    job = await _call(service(request).create_job, await read_object(request))
     return {"job_id": job.job_id}
 
 
@@ -128,27 +118,27 @@ async def list_jobs(request: Request) -> dict[str, Any]:
 
 
 async def reset_job(request: Request) -> dict[str, Any]:
-    body = await _body(request)
+    body = await read_object(request)
     job_id = _required(body.get("job_id"), "job_id")
     await _call(service(request).reset_job, job_id, _required(body.get("new_settings"), "new_settings"))
     return {}
 
 
 async def update_job(request: Request) -> dict[str, Any]:
-    body = await _body(request)
+    body = await read_object(request)
     job_id = _required(body.get("job_id"), "job_id")
     await _call(service(request).update_job, job_id, body.get("new_settings"), body.get("fields_to_remove"))
     return {}
 
 
 async def delete_job(request: Request) -> dict[str, Any]:
-    body = await _body(request)
+    body = await read_object(request)
     await _call(service(request).delete_job, _required(body.get("job_id"), "job_id"))
     return {}
 
 
 async def run_now(request: Request) -> dict[str, Any]:
-    body = await _body(request)
+    body = await read_object(request)
     run = await _call(
         service(request).run_now,
         _required(body.get("job_id"), "job_id"),
@@ -190,7 +180,7 @@ async def get_run_output(request: Request) -> dict[str, Any]:
 
 
 async def cancel_run(request: Request) -> dict[str, Any]:
-    body = await _body(request)
+    body = await read_object(request)
     await _call(service(request).cancel_run, _required(body.get("run_id"), "run_id"))
     return {}
 

@@ -1,5 +1,5 @@
-"""Request limits: 16 MB a body (Databricks' documented model-serving limit, applied to every route) and
-JSON that the parser can take (no nesting deep enough to exhaust the stack)."""
+"""Reading request bodies within limits: 16 MB a body (Databricks' documented model-serving limit, applied to
+every route) and JSON that the parser can take (no nesting deep enough to exhaust the stack)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,17 @@ async def read_body(request: Request) -> bytes:
             raise _too_large(size)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object (an empty body is ``{}``); 400 for anything else."""
+    raw = await read_body(request)
+    if not raw.strip():
+        return {}
+    body = decode_json(raw)
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    return body
 
 
 def decode_json(raw: bytes) -> Any:
