@@ -1,9 +1,13 @@
-"""Unity Catalog three-level names, validated before they touch a path."""
+"""Unity Catalog three-level names, validated before they touch a path; the names the notebooks create."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from helpers.config import Settings
 
 _PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
@@ -50,3 +54,91 @@ def validate_identifier(value: object, what: str) -> str:
             "starting with a letter or underscore (at most 128 characters)"
         )
     return value
+
+
+# The names the notebooks create -------------------------------------------------------------------------
+_KINDS = ("endpoint", "job", "feature spec", "online store", "online table", "table", "model")
+
+
+def _kind(kind: str) -> Any:
+    assert kind in _KINDS, kind
+    return field(metadata={"kind": kind})
+
+
+@dataclass(frozen=True)
+class ProjectNames:
+    """Every name the notebooks give what they create, derived from the settings.
+
+    The one registry of them: the notebooks name things from the settings the same way, teardown deletes
+    what is listed here, and ``tests/test_names.py`` checks that every name the notebooks spell is here.
+    Tables, specs and models are full Unity Catalog names.
+    """
+
+    offers_endpoint: str = _kind("endpoint")
+    model_endpoint: str = _kind("endpoint")
+    request_endpoint: str = _kind("endpoint")
+    job_endpoint: str = _kind("endpoint")
+    live_offers_endpoint: str = _kind("endpoint")
+    job: str = _kind("job")
+    offers_spec: str = _kind("feature spec")
+    live_offers_spec: str = _kind("feature spec")
+    shelf_spec: str = _kind("feature spec")
+    online_store: str = _kind("online store")
+    features_online_table: str = _kind("online table")
+    propensity_online_table: str = _kind("online table")
+    live_offers_online_table: str = _kind("online table")
+    features_table: str = _kind("table")
+    customers_table: str = _kind("table")
+    events_table: str = _kind("table")
+    products_table: str = _kind("table")
+    store_demand_table: str = _kind("table")
+    propensity_table: str = _kind("table")
+    live_offers_table: str = _kind("table")
+    shelf_history_table: str = _kind("table")
+    shelf_layouts_table: str = _kind("table")
+    shelf_results_table: str = _kind("table")
+    payload_table: str = _kind("table")
+    model: str = _kind("model")
+    promo_model: str = _kind("model")
+    request_model: str = _kind("model")
+    shelf_model: str = _kind("model")
+
+    @classmethod
+    def of(cls, cfg: Settings) -> ProjectNames:
+        table = cfg.table
+        return cls(
+            offers_endpoint="customer-offers",
+            live_offers_endpoint="customer-offers-live",
+            model_endpoint=cfg.model_endpoint,
+            request_endpoint=f"{cfg.model_endpoint}-request",
+            job_endpoint=cfg.job_endpoint,
+            job=cfg.job_name,
+            offers_spec=table("customer_offers_spec"),
+            live_offers_spec=table("customer_live_offer_spec"),
+            shelf_spec=table("shelf_layout_spec"),
+            online_store=cfg.online_store_name,
+            features_online_table=table(f"{cfg.features_table}_online"),
+            propensity_online_table=table("customer_propensity_online"),
+            live_offers_online_table=table("customer_live_offer_online"),
+            features_table=table(cfg.features_table),
+            customers_table=table("customers"),
+            events_table=table(cfg.events_table),
+            products_table=table("products"),
+            store_demand_table=table("store_demand"),
+            propensity_table=table("customer_propensity"),
+            live_offers_table=table("customer_live_offer"),
+            shelf_history_table=table("shelf_sales_history"),
+            shelf_layouts_table=table("shelf_layouts"),
+            shelf_results_table=table("shelf_layout_results"),
+            payload_table=table(f"{cfg.inference_table_prefix}_payload"),
+            model=table(cfg.model_name),
+            promo_model=table("promo_model"),
+            request_model=table(f"{cfg.model_name}_request"),
+            shelf_model=table("shelf_demand_model"),
+        )
+
+    def of_kind(self, kind: str) -> tuple[str, ...]:
+        """The names of one kind (``"endpoint"``, ``"table"``, ...), in declaration order."""
+        if kind not in _KINDS:
+            raise ValueError(f"kind must be one of {list(_KINDS)}, got {kind!r}")
+        return tuple(getattr(self, f.name) for f in fields(self) if f.metadata["kind"] == kind)

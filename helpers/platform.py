@@ -55,12 +55,14 @@ def current_settings() -> Settings:
 
 
 def _local_mlflow(state_dir: Path) -> None:
-    uri = f"sqlite:///{state_dir / 'mlflow.db'}"
+    from helpers.local.server.layout import mlflow_artifacts, mlflow_uri
+
+    uri = mlflow_uri(state_dir)
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if mlflow.get_experiment_by_name(EXPERIMENT_NAME) is None:
-        mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=(state_dir / "mlruns").as_uri())
+        mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=mlflow_artifacts(state_dir).as_uri())
     mlflow.set_experiment(EXPERIMENT_NAME)
 
 
@@ -285,10 +287,6 @@ def served_entities(endpoint_name: str) -> pd.DataFrame:
 
         frame = SparkSession.builder.getOrCreate().table("system.serving.served_entities")
         return frame.where(col("endpoint_name") == endpoint_name).select(*columns).toPandas()
-    import sqlite3
+    from helpers.local.server.endpoint_store import served_entities as recorded
 
-    with sqlite3.connect(cfg.state_dir / "workspace.db") as db:
-        rows = db.execute(
-            f"SELECT {', '.join(columns)} FROM served_entities WHERE endpoint_name = ?", (endpoint_name,)
-        ).fetchall()
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(recorded(cfg.state_dir, endpoint_name), columns=columns)

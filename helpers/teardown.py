@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from helpers import platform
 from helpers.config import Settings
 from helpers.features import ratio_feature
+from helpers.names import ProjectNames
 
 
 @dataclass(frozen=True)
@@ -30,44 +31,16 @@ class DemoResources:
 
 
 def demo_resources(cfg: Settings) -> DemoResources:
-    """What the notebooks create under the names ``cfg`` gives them."""
-    table = cfg.table
+    """What the notebooks create under the names ``cfg`` gives them (``helpers.names.ProjectNames``)."""
+    names = ProjectNames.of(cfg)
     ratio = ratio_feature(cfg)
     return DemoResources(
-        endpoints=(
-            "customer-offers",
-            "customer-offers-live",
-            cfg.model_endpoint,
-            f"{cfg.model_endpoint}-request",
-            cfg.job_endpoint,
-        ),
-        jobs=(cfg.job_name,),
-        feature_specs=(
-            table("customer_offers_spec"),
-            table("customer_live_offer_spec"),
-            table("shelf_layout_spec"),
-        ),
-        online_stores=(cfg.online_store_name,),
-        tables=tuple(
-            table(name)
-            for name in (
-                cfg.features_table,
-                "customers",
-                cfg.events_table,
-                "products",
-                "store_demand",
-                "customer_propensity",
-                "customer_live_offer",
-                "shelf_sales_history",
-                "shelf_layouts",
-                "shelf_layout_results",
-                f"{cfg.inference_table_prefix}_payload",
-            )
-        ),  # fmt: skip
-        models=tuple(
-            table(m)
-            for m in (cfg.model_name, "promo_model", f"{cfg.model_name}_request", "shelf_demand_model")
-        ),
+        endpoints=names.of_kind("endpoint"),
+        jobs=names.of_kind("job"),
+        feature_specs=names.of_kind("feature spec"),
+        online_stores=names.of_kind("online store"),  # deleting a store drops its online tables
+        tables=names.of_kind("table"),
+        models=names.of_kind("model"),
         functions=(ratio.udf_name,) if ratio else (),
     )
 

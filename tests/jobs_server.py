@@ -19,8 +19,10 @@ from pathlib import Path
 import uvicorn
 from databricks.sdk import WorkspaceClient
 
-from helpers.local.server.app import create_app
+from helpers.local.jobs import LocalJobs
+from helpers.local.server.app import WorkspaceApp, create_app
 from helpers.local.server.jobs_api import NOTEBOOKS_ROOT_ENV
+from helpers.local.server.layout import mlflow_uri as mlflow_uri_of
 
 FIXTURE_NOTEBOOKS = Path(__file__).resolve().parent / "fixtures" / "notebooks"
 
@@ -31,6 +33,12 @@ class JobsServer:
     token: str
     state_dir: Path
     notebooks_root: Path
+    app: WorkspaceApp
+
+    @property
+    def jobs(self) -> LocalJobs:
+        """The running app's jobs service."""
+        return self.app.state.jobs
 
     def client(self) -> WorkspaceClient:
         return WorkspaceClient(host=self.url, token=self.token, auth_type="pat")
@@ -47,7 +55,7 @@ def serve_jobs(state_dir: Path, notebooks_root: Path = FIXTURE_NOTEBOOKS) -> Ite
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    mlflow_uri = f"sqlite:///{state_dir / 'mlflow.db'}"
+    mlflow_uri = mlflow_uri_of(state_dir)
     # What `python -m helpers.local.server` sets for itself (and so for the job notebooks it starts).
     environment = {
         NOTEBOOKS_ROOT_ENV: str(notebooks_root),
@@ -57,7 +65,8 @@ def serve_jobs(state_dir: Path, notebooks_root: Path = FIXTURE_NOTEBOOKS) -> Ite
     }
     previous = {name: os.environ.get(name) for name in environment}
     os.environ.update(environment)
-    server = uvicorn.Server(uvicorn.Config(create_app(state_dir, token), log_level="warning", lifespan="on"))
+    app = create_app(state_dir, token)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     try:
         thread.start()
@@ -66,7 +75,7 @@ def serve_jobs(state_dir: Path, notebooks_root: Path = FIXTURE_NOTEBOOKS) -> Ite
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the workspace test server did not start")
             time.sleep(0.02)
-        yield JobsServer(f"http://127.0.0.1:{port}", token, state_dir, notebooks_root)
+        yield JobsServer(f"http://127.0.0.1:{port}", token, state_dir, notebooks_root, app)
     finally:
         server.should_exit = True
         thread.join(timeout=60)

@@ -29,6 +29,7 @@ from helpers.local.job_runner import (
     resolve_notebook_path,
 )
 from helpers.local.job_store import ACTIVE_STATES, JobRecord, JobStore, RunRecord, State, TaskRunRecord
+from helpers.local.server.layout import workspace_db
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class LocalJobs:
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")
         self.state_dir = Path(state_dir)
         self.notebooks_root = Path(notebooks_root or PROJECT_ROOT / "notebooks").resolve()
-        self.store = JobStore(self.state_dir / "workspace.db")
+        self.store = JobStore(workspace_db(self.state_dir))
         self.executor = JobRunExecutor(self.store, self.state_dir, self.notebooks_root)
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="job-run")
         self._lock = threading.RLock()

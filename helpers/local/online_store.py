@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -152,37 +154,76 @@ def _from_sqlite(kind: str) -> Callable[[Any], Any] | None:
 
 
 _MISS = object()
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_INT64 = range(-(2**63), 2**63)
+_EXPECTED = {
+    "int": "an integer",
+    "float": "a finite number",
+    "text": "a string",
+    "bool": "true or false",
+    "timestamp": "an ISO 8601 timestamp",
+    "date": "an ISO 8601 date (YYYY-MM-DD)",
+}
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 100 else text[:100] + "..."
+
+
+class KeyTypeError(ValueError):
+    """A lookup key that cannot be a value of its key column (``"abc"`` or ``NaN`` for an integer key)."""
 
 
 def _key_for(value: Any, kind: str) -> Any:
-    """A request value as the stored key type, or ``_MISS`` when it cannot be one (that key is not found)."""
+    """A request value as the stored key type; ``_MISS`` for null (not found); ``KeyTypeError`` otherwise.
+
+    A number sent as a string (``"182"``) is that number when it reads exactly as one: ASCII digits only,
+    so ``"1; DROP TABLE users"`` or other scripts' digits are refused, not looked up.
+    """
     if value is None:
         return _MISS
+    if isinstance(value, bool) and kind != "bool":
+        raise KeyTypeError(f"must be {_EXPECTED.get(kind, kind)}, got {value!r}")
     try:
         if kind == "int":
-            if isinstance(value, float):
-                return int(value) if value.is_integer() else _MISS
             if isinstance(value, str):
-                return int(value.strip())
-            return int(value) if isinstance(value, int) else _MISS
-        if kind == "float":
-            return float(value) if isinstance(value, (int, float, str)) else _MISS
-        if kind == "text":
-            return value if isinstance(value, str) else str(value)
-        if kind == "bool":
+                text = value.strip()
+                key = int(text) if text.isascii() and _INTEGER.fullmatch(text) else None
+            elif isinstance(value, float):
+                key = int(value) if value.is_integer() else None
+            else:
+                key = value if isinstance(value, int) else None
+            if key is not None and key in _INT64:
+                return key
+        elif kind == "float":
+            number = float(value) if isinstance(value, (int, float, str)) else math.nan
+            if math.isfinite(number):
+                return number
+        elif kind == "text":
             if isinstance(value, str):
-                return {"true": 1, "false": 0}.get(value.strip().lower(), _MISS)
-            return int(bool(value)) if isinstance(value, (bool, int)) else _MISS
-        if kind == "timestamp":
+                return value
+            if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+                return str(value)
+        elif kind == "bool":
+            if isinstance(value, str):
+                flag = {"true": 1, "false": 0}.get(value.strip().lower())
+                if flag is not None:
+                    return flag
+            elif isinstance(value, (bool, int)):
+                return int(bool(value))
+        elif kind == "timestamp":
             stamp = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
             if stamp.tzinfo is not None:
                 stamp = stamp.astimezone(UTC).replace(tzinfo=None)
             return stamp.isoformat(timespec="microseconds")
-        if kind == "date":
+        elif kind == "date":
             return (value if isinstance(value, date) else date.fromisoformat(str(value))).isoformat()
+        else:
+            return _MISS  # a key column of another type: the key is not found
     except (TypeError, ValueError, OverflowError):
-        return _MISS
-    return _MISS
+        pass
+    raise KeyTypeError(f"must be {_EXPECTED[kind]}, got {_shown(value)}")
 
 
 # Arrow helpers ---------------------------------------------------------------------------------------------
@@ -548,7 +589,10 @@ def _lookup(
             raise ValueError(
                 f"lookup key {key!r} must have one value per primary key {pks} of {info.source_table_name}"
             )
-        coerced = tuple(_key_for(v, kind) for v, kind in zip(key, key_kinds, strict=True))
+        try:
+            coerced = tuple(_key_for(v, kind) for v, kind in zip(key, key_kinds, strict=True))
+        except KeyTypeError:
+            raise _key_type_error(info, key, key_kinds) from None
         wanted.append(None if _MISS in coerced else coerced)
     distinct = list(dict.fromkeys(k for k in wanted if k is not None))
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -571,3 +615,15 @@ def _lookup(
                 for (f, conv), v in zip(converters, values, strict=True)
             }
     return [None if k is None else found.get(k) for k in wanted]
+
+
+def _key_type_error(info: PublishedTableInfo, key: tuple[Any, ...], kinds: list[str]) -> KeyTypeError:
+    """The error naming the first key column whose value cannot be of its type."""
+    for column, value, kind in zip(info.primary_keys, key, kinds, strict=True):
+        try:
+            _key_for(value, kind)
+        except KeyTypeError as err:
+            return KeyTypeError(
+                f"lookup key {column} of {info.source_table_name} {err} (the key column's type: {kind})"
+            )
+    return KeyTypeError(f"lookup key {key!r} does not match the key columns of {info.source_table_name}")

@@ -214,11 +214,21 @@ def check(route: str, response: requests.Response) -> None:
     """A 4xx (or 2xx) answer, never a 500; an error in Databricks' shape, with a message and no traceback."""
     TRIED[route] += 1
     assert response.status_code < 500, f"{route}: {response.status_code} {response.text[:800]}"
+    _standard_json(response.text)  # every answer, errors too
     if response.status_code >= 400:
         error = response.json()
         assert isinstance(error.get("error_code"), str) and error["error_code"], error
         assert isinstance(error.get("message"), str) and error["message"], error
         assert "Traceback" not in error["message"], error
+
+
+def _standard_json(text: str) -> Any:
+    """``text`` parsed as standard JSON (Python would take ``NaN`` and ``Infinity``; JSON has neither)."""
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"{token} is not JSON: {text[:300]}")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 def send(seeds: Seeds, method: str, path: str, route: str, **kwargs: Any) -> None:
@@ -473,6 +483,20 @@ def test_a_client_request_id_that_cannot_be_stored_is_refused(seeds: Seeds) -> N
     )
     check("invocations", answer)
     assert answer.status_code == 400 and "client_request_id" in answer.json()["message"], answer.text
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_a_value_json_cannot_carry_is_answered_as_null(seeds: Seeds, value: str) -> None:
+    """Python reads these tokens as floats; the answer is standard JSON all the same (``null``)."""
+    answer = requests.post(
+        f"{seeds.server.url}/serving-endpoints/{ENDPOINT}/invocations",
+        data=f'{{"dataframe_records": [{{"x": {value}}}, {{"x": 2}}]}}'.encode(),
+        headers=_auth(seeds.server),
+        timeout=30,
+    )
+    check("invocations", answer)
+    assert answer.status_code == 200, answer.text
+    assert _standard_json(answer.text) == {"outputs": [{"x": None, "x2": None}, {"x": 2, "x2": 4.0}]}
 
 
 def test_a_chunked_body_over_16_mb_is_refused_once_it_passes_the_limit(seeds: Seeds) -> None:

@@ -26,6 +26,7 @@ from polling import process_gone, wait_for
 
 from helpers.local.job_store import JobStore, RunRecord, State
 from helpers.local.server import jobs_api
+from helpers.local.server.layout import workspace_db
 
 WAIT = timedelta(minutes=3)
 PROBE = "notebooks/jobs/probe"
@@ -249,13 +250,13 @@ def test_concurrency_limit_queues_or_skips_and_cancel_stops_the_kernel(
     assert echoed["greeting"] == "from the queue"
 
 
-def test_a_run_over_its_timeout_is_stopped(w: WorkspaceClient) -> None:
+def test_a_run_over_its_timeout_is_stopped(w: WorkspaceClient, server: JobsServer) -> None:
     job_id = probe_job(w, "slow", timeout_seconds=2)
     run = w.jobs.run_now(job_id, job_parameters={"sleep_seconds": "300"}).result(timeout=WAIT)
     assert run.state.result_state == jobs.RunResultState.TIMEDOUT
     assert run.state.user_cancelled_or_timedout is True
     assert "timeout of 2 seconds" in run.state.state_message
-    task = jobs_api.service().store.get_task_run(run.tasks[0].run_id)
+    task = server.jobs.store.get_task_run(run.tasks[0].run_id)
     assert task.pid and process_gone(task.pid)  # the papermill process (and its kernel) were killed
 
 
@@ -263,10 +264,10 @@ def test_a_restarted_server_closes_runs_a_dead_server_left_running(
     w: WorkspaceClient, server: JobsServer
 ) -> None:
     job_id = probe_job(w, "orphaned")
-    job = jobs_api.service().get_job(job_id)
+    job = server.jobs.get_job(job_id)
     # What a killed server leaves behind: a RUNNING record and a notebook process nobody watches.
     orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
-    store = JobStore(server.state_dir / "workspace.db")
+    store = JobStore(workspace_db(server.state_dir))
     record = RunRecord(
         run_id=0,
         job_id=job_id,
@@ -284,7 +285,8 @@ def test_a_restarted_server_closes_runs_a_dead_server_left_running(
     store.update_task(run.tasks[0].run_id, State("RUNNING"), pid=orphan.pid, pid_started=started)
     store.close()
 
-    jobs_api.on_startup(server.state_dir, notebooks_root=server.notebooks_root)  # what a new server does
+    server.jobs.shutdown()  # what a new server does: a new jobs service on the same store
+    server.app.state.jobs = jobs_api.start_jobs(server.state_dir, notebooks_root=server.notebooks_root)
 
     closed = w.jobs.get_run(run.run_id)
     assert closed.state.life_cycle_state == jobs.RunLifeCycleState.INTERNAL_ERROR

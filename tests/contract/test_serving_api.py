@@ -23,7 +23,6 @@ from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors import (
     BadRequest,
     NotFound,
-    OperationFailed,
     ResourceAlreadyExists,
     ResourceDoesNotExist,
     Unauthenticated,
@@ -305,6 +304,53 @@ def test_feature_spec_endpoint_answers_like_feature_serving(workspace: Workspace
     w.serving_endpoints.delete("customer-features")
 
 
+# Keys that cannot be values of the integer key column customer_id, as raw JSON (NaN and 1e999 are what
+# Python's json and many clients send for nan and inf).
+BAD_KEYS = [
+    '"abc"',
+    '"1; DROP TABLE users"',
+    '"\u0661\u0662"',
+    '"\uff11\uff18\uff12"',
+    "NaN",
+    "1e999",
+    "-Infinity",
+    '"1.5"',
+    "2.5",
+    "true",
+    "[1]",
+    '{"a": 1}',
+    "99999999999999999999999",
+]
+
+
+@pytest.mark.parametrize("key", BAD_KEYS)
+def test_a_lookup_key_that_is_not_of_the_key_type_is_a_400_naming_the_column(
+    workspace: Workspace, key: str
+) -> None:
+    w = workspace.client()
+    if not any(e.name == "keys" for e in w.serving_endpoints.list()):
+        entity = ServedEntityInput(entity_name=SPEC, workload_size="Small", scale_to_zero_enabled=True)
+        w.serving_endpoints.create_and_wait(
+            name="keys", config=EndpointCoreConfigInput(name="keys", served_entities=[entity])
+        )
+    url = f"{workspace.server.url}/serving-endpoints/keys/invocations"
+    headers = {"Authorization": f"Bearer {workspace.server.token}", "Content-Type": "application/json"}
+
+    answer = requests.post(
+        url, headers=headers, data=f'{{"dataframe_records": [{{"customer_id": {key}}}]}}', timeout=10
+    )
+
+    assert answer.status_code == 400, answer.text
+    error = answer.json()
+    assert error["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "customer_id" in error["message"] and "must be an integer" in error["message"], error
+    # A number sent as text that reads exactly as one still finds its row.
+    found = requests.post(
+        url, headers=headers, data=b'{"dataframe_records": [{"customer_id": " 2"}]}', timeout=10
+    )
+    assert found.status_code == 200 and found.json()["outputs"][0]["age"] == 41
+
+
 def test_a_spec_over_an_unpublished_table_says_so(workspace: Workspace) -> None:
     w = workspace.client()
     entity = ServedEntityInput(
@@ -353,20 +399,29 @@ def test_errors_come_back_as_databricks_errors(workspace: Workspace) -> None:
     )
     assert malformed.status_code == 400 and malformed.json()["error_code"] == "INVALID_PARAMETER_VALUE"
 
-    with pytest.raises(OperationFailed):
-        w.serving_endpoints.create_and_wait(
+    # A model version the registry does not hold fails at once, as on Databricks: no endpoint is made,
+    # and an update to it leaves the endpoint as it was.
+    with pytest.raises(ResourceDoesNotExist, match="Model version 99 of main.default.tiny_model"):
+        w.serving_endpoints.create(
             name="missing-version",
             config=EndpointCoreConfigInput(name="missing-version", **_model_config("99")),
         )
-    failed = w.serving_endpoints.get("missing-version")
-    assert failed.state.config_update == EndpointStateConfigUpdate.UPDATE_FAILED
-    [entity] = failed.pending_config.served_entities
-    assert entity.state.deployment == ServedModelStateDeployment.DEPLOYMENT_FAILED
-    assert "99" in entity.state.deployment_state_message
-    with pytest.raises(BadRequest, match="no served entity ready"):
-        w.serving_endpoints.query("missing-version", dataframe_records=[{"x1": 1.0, "x2": 0.0}])
+    with pytest.raises(ResourceDoesNotExist):
+        w.serving_endpoints.get("missing-version")
+    with pytest.raises(ResourceDoesNotExist, match="served_entities\\[1\\]: Model version 99"):
+        w.serving_endpoints.update_config("strict", **_model_config("1", "99", split=[50, 50]))
+    strict = w.serving_endpoints.get("strict")
+    assert (
+        strict.state.config_update == EndpointStateConfigUpdate.NOT_UPDATING and strict.pending_config is None
+    )
+    with pytest.raises(BadRequest, match="not a feature spec"):  # a spec that does not exist
+        w.serving_endpoints.create(
+            name="missing-spec",
+            config=EndpointCoreConfigInput(
+                name="missing-spec", served_entities=[ServedEntityInput(entity_name="main.default.nothing")]
+            ),
+        )
     w.serving_endpoints.delete("strict")
-    w.serving_endpoints.delete("missing-version")
 
 
 def test_endpoints_survive_a_server_restart(workspace: Workspace) -> None:

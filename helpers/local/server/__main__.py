@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from helpers.config import get_settings
+from helpers.local.server.layout import mlflow_uri
 from helpers.local.server.process import (
     ServerInfo,
     ensure_server,
@@ -38,7 +39,7 @@ def serve(state_dir: Path, port: int = 0) -> None:
 
     state_dir.mkdir(parents=True, exist_ok=True)
     os.environ["HELPERS_STATE_DIR"] = str(state_dir)  # models loaded here read the same state
-    uri = os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{state_dir / 'mlflow.db'}")
+    uri = os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow_uri(state_dir))
     os.environ.setdefault("MLFLOW_REGISTRY_URI", uri)
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so (else +40 ms a request).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)

@@ -1,8 +1,8 @@
-"""Jobs API routes (``/api/2.2/jobs/...``, also under ``/api/2.1``) answering as Databricks does.
+"""Jobs API handlers (``/api/2.2/jobs/...``, also under ``/api/2.1``; the routes are in ``app.py``).
 
-The handlers parse requests by hand so every bad input gets Databricks' error body, call
-:class:`helpers.local.jobs.LocalJobs` in a worker thread, and render its records in the shapes
-``databricks-sdk`` parses (``Job``, ``Run``, ``RunTask``, ``RunOutput``).
+The handlers parse requests by hand so every bad input gets Databricks' error body, call the app's
+:class:`helpers.local.jobs.LocalJobs` (``app.state.jobs``) in a worker thread, and render its records in the
+shapes ``databricks-sdk`` parses (``Job``, ``Run``, ``RunTask``, ``RunOutput``).
 """
 
 from __future__ import annotations
@@ -14,48 +14,39 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from helpers.local.job_runner import OUTPUT_LIMIT
 from helpers.local.job_store import JobRecord, RunRecord, State, TaskRunRecord
 from helpers.local.jobs import LocalJobs
-from helpers.local.server.errors import ApiError, bad_request
-from helpers.local.server.limits import decode_json, read_body
+from helpers.local.server.errors import bad_request, unavailable
+from helpers.local.server.limits import read_object
 
 log = logging.getLogger(__name__)
-router = APIRouter()
 NOTEBOOKS_ROOT_ENV = "HELPERS_JOBS_NOTEBOOKS_ROOT"
-_jobs: LocalJobs | None = None
 
 
-def on_startup(state_dir: Path, *, notebooks_root: Path | None = None, max_workers: int = 2) -> None:
+def start_jobs(state_dir: Path, *, notebooks_root: Path | None = None, max_workers: int = 2) -> LocalJobs:
     """Open the job store, close runs a dead server left active, start the runner threads.
 
     Notebook tasks resolve inside ``notebooks_root``: by default ``$HELPERS_JOBS_NOTEBOOKS_ROOT`` if set
     (tests point it at fixture notebooks), else the project's ``notebooks/``.
     """
-    global _jobs
-    on_shutdown()
     root = notebooks_root or os.environ.get(NOTEBOOKS_ROOT_ENV) or None
-    _jobs = LocalJobs(state_dir, notebooks_root=Path(root) if root else None, max_workers=max_workers)
-    closed = _jobs.recover()
+    jobs = LocalJobs(state_dir, notebooks_root=Path(root) if root else None, max_workers=max_workers)
+    closed = jobs.recover()
     if closed:
         log.warning("closed %d job run(s) left active by a stopped server: %s", len(closed), closed)
+    return jobs
 
 
-def on_shutdown() -> None:
-    """Stop running notebooks (their runs end as stopped by the server) and close the store."""
-    global _jobs
-    if _jobs is not None:
-        _jobs.shutdown()
-        _jobs = None
-
-
-def service() -> LocalJobs:
-    if _jobs is None:
-        raise ApiError(503, "TEMPORARILY_UNAVAILABLE", "The jobs service is not running.")
-    return _jobs
+def service(request: Request) -> LocalJobs:
+    """The app's jobs service (``app.state.jobs``, set while the server runs)."""
+    jobs: LocalJobs | None = getattr(request.app.state, "jobs", None)
+    if jobs is None:
+        raise unavailable("The jobs service is not running.")
+    return jobs
 
 
 async def _call(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -63,16 +54,6 @@ async def _call(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await run_in_threadpool(method, *args, **kwargs)
     except ValueError as exc:
         raise bad_request(str(exc)) from None
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await read_body(request)
-    if not raw.strip():
-        return {}
-    body = decode_json(raw)
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    return body
 
 
 def _query_int(request: Request, name: str, default: int | None = None) -> int | None:
@@ -118,98 +99,90 @@ def _paged(key: str, items: list[dict[str, Any]], offset: int, has_more: bool) -
     return answer
 
 
-def _routes(version: str) -> None:
-    base = f"/api/{version}/jobs"
-
-    @router.post(f"{base}/create")
-    async def create_job(request: Request) -> dict[str, Any]:
-        job = await _call(service().create_job, await _body(request))
-        return {"job_id": job.job_id}
-
-    @router.get(f"{base}/get")
-    async def get_job(request: Request) -> dict[str, Any]:
-        job_id = _required(_query_int(request, "job_id"), "job_id")
-        return job_json(await _call(service().get_job, job_id))
-
-    @router.get(f"{base}/list")
-    async def list_jobs(request: Request) -> dict[str, Any]:
-        offset = _page(request)
-        limit = _query_int(request, "limit", 20)
-        jobs, has_more = await _call(service().list_jobs, request.query_params.get("name"), offset, limit)
-        expand = _query_bool(request, "expand_tasks")
-        return _paged("jobs", [job_json(j, expand_tasks=expand) for j in jobs], offset, has_more)
-
-    @router.post(f"{base}/reset")
-    async def reset_job(request: Request) -> dict[str, Any]:
-        body = await _body(request)
-        job_id = _required(body.get("job_id"), "job_id")
-        await _call(service().reset_job, job_id, _required(body.get("new_settings"), "new_settings"))
-        return {}
-
-    @router.post(f"{base}/update")
-    async def update_job(request: Request) -> dict[str, Any]:
-        body = await _body(request)
-        job_id = _required(body.get("job_id"), "job_id")
-        await _call(service().update_job, job_id, body.get("new_settings"), body.get("fields_to_remove"))
-        return {}
-
-    @router.post(f"{base}/delete")
-    async def delete_job(request: Request) -> dict[str, Any]:
-        body = await _body(request)
-        await _call(service().delete_job, _required(body.get("job_id"), "job_id"))
-        return {}
-
-    @router.post(f"{base}/run-now")
-    async def run_now(request: Request) -> dict[str, Any]:
-        body = await _body(request)
-        run = await _call(
-            service().run_now,
-            _required(body.get("job_id"), "job_id"),
-            job_parameters=body.get("job_parameters"),
-            notebook_params=body.get("notebook_params"),
-            idempotency_token=body.get("idempotency_token"),
-            queue=body.get("queue"),
-            workspace_url=str(request.base_url).rstrip("/"),
-        )
-        return {"run_id": run.run_id, "number_in_job": run.run_id}
-
-    @router.get(f"{base}/runs/get")
-    async def get_run(request: Request) -> dict[str, Any]:
-        run_id = _required(_query_int(request, "run_id"), "run_id")
-        run = await _call(service().get_run, run_id)
-        return run_json(run, resolved_values=_query_bool(request, "include_resolved_values"))
-
-    @router.get(f"{base}/runs/list")
-    async def list_runs(request: Request) -> dict[str, Any]:
-        offset = _page(request)
-        runs, has_more = await _call(
-            service().list_runs,
-            job_id=_query_int(request, "job_id"),
-            active_only=_query_bool(request, "active_only"),
-            completed_only=_query_bool(request, "completed_only"),
-            offset=offset,
-            limit=_query_int(request, "limit", 20),
-            start_time_from=_query_int(request, "start_time_from"),
-            start_time_to=_query_int(request, "start_time_to"),
-        )
-        expand = _query_bool(request, "expand_tasks")
-        return _paged("runs", [run_json(r, expand_tasks=expand) for r in runs], offset, has_more)
-
-    @router.get(f"{base}/runs/get-output")
-    async def get_run_output(request: Request) -> dict[str, Any]:
-        run_id = _required(_query_int(request, "run_id"), "run_id")
-        task, run = await _call(service().get_output, run_id)
-        return output_json(task, run)
-
-    @router.post(f"{base}/runs/cancel")
-    async def cancel_run(request: Request) -> dict[str, Any]:
-        body = await _body(request)
-        await _call(service().cancel_run, _required(body.get("run_id"), "run_id"))
-        return {}
+async def create_job(request: Request) -> dict[str, Any]:
+    job = await _call(service(request).create_job, await read_object(request))
+    return {"job_id": job.job_id}
 
 
-for _version in ("2.2", "2.1"):
-    _routes(_version)
+async def get_job(request: Request) -> dict[str, Any]:
+    job_id = _required(_query_int(request, "job_id"), "job_id")
+    return job_json(await _call(service(request).get_job, job_id))
+
+
+async def list_jobs(request: Request) -> dict[str, Any]:
+    offset = _page(request)
+    limit = _query_int(request, "limit", 20)
+    jobs, has_more = await _call(service(request).list_jobs, request.query_params.get("name"), offset, limit)
+    expand = _query_bool(request, "expand_tasks")
+    return _paged("jobs", [job_json(j, expand_tasks=expand) for j in jobs], offset, has_more)
+
+
+async def reset_job(request: Request) -> dict[str, Any]:
+    body = await read_object(request)
+    job_id = _required(body.get("job_id"), "job_id")
+    await _call(service(request).reset_job, job_id, _required(body.get("new_settings"), "new_settings"))
+    return {}
+
+
+async def update_job(request: Request) -> dict[str, Any]:
+    body = await read_object(request)
+    job_id = _required(body.get("job_id"), "job_id")
+    await _call(service(request).update_job, job_id, body.get("new_settings"), body.get("fields_to_remove"))
+    return {}
+
+
+async def delete_job(request: Request) -> dict[str, Any]:
+    body = await read_object(request)
+    await _call(service(request).delete_job, _required(body.get("job_id"), "job_id"))
+    return {}
+
+
+async def run_now(request: Request) -> dict[str, Any]:
+    body = await read_object(request)
+    run = await _call(
+        service(request).run_now,
+        _required(body.get("job_id"), "job_id"),
+        job_parameters=body.get("job_parameters"),
+        notebook_params=body.get("notebook_params"),
+        idempotency_token=body.get("idempotency_token"),
+        queue=body.get("queue"),
+        workspace_url=str(request.base_url).rstrip("/"),
+    )
+    return {"run_id": run.run_id, "number_in_job": run.run_id}
+
+
+async def get_run(request: Request) -> dict[str, Any]:
+    run_id = _required(_query_int(request, "run_id"), "run_id")
+    run = await _call(service(request).get_run, run_id)
+    return run_json(run, resolved_values=_query_bool(request, "include_resolved_values"))
+
+
+async def list_runs(request: Request) -> dict[str, Any]:
+    offset = _page(request)
+    runs, has_more = await _call(
+        service(request).list_runs,
+        job_id=_query_int(request, "job_id"),
+        active_only=_query_bool(request, "active_only"),
+        completed_only=_query_bool(request, "completed_only"),
+        offset=offset,
+        limit=_query_int(request, "limit", 20),
+        start_time_from=_query_int(request, "start_time_from"),
+        start_time_to=_query_int(request, "start_time_to"),
+    )
+    expand = _query_bool(request, "expand_tasks")
+    return _paged("runs", [run_json(r, expand_tasks=expand) for r in runs], offset, has_more)
+
+
+async def get_run_output(request: Request) -> dict[str, Any]:
+    run_id = _required(_query_int(request, "run_id"), "run_id")
+    task, run = await _call(service(request).get_output, run_id)
+    return output_json(task, run)
+
+
+async def cancel_run(request: Request) -> dict[str, Any]:
+    body = await read_object(request)
+    await _call(service(request).cancel_run, _required(body.get("run_id"), "run_id"))
+    return {}
 
 
 # Wire shapes

@@ -1,5 +1,5 @@
-"""Request limits: 16 MB a body (Databricks' documented model-serving limit, applied to every route) and
-JSON that the parser can take (no nesting deep enough to exhaust the stack)."""
+"""Reading request bodies within limits: 16 MB a body (Databricks' documented model-serving limit, applied to
+every route) and JSON that the parser can take (no nesting deep enough to exhaust the stack)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,14 @@ from typing import Any
 
 from fastapi import Request
 
-from helpers.local.server.errors import ApiError, bad_request
+from helpers.local.server.errors import ApiError, bad_request, too_large
 
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 
 def _too_large(size: int) -> ApiError:
-    return ApiError(
-        413,
-        "INVALID_PARAMETER_VALUE",
-        f"the request payload ({size} bytes) exceeds the 16 MB limit ({MAX_REQUEST_BYTES} bytes)",
+    return too_large(
+        f"the request payload ({size} bytes) exceeds the 16 MB limit ({MAX_REQUEST_BYTES} bytes)"
     )
 
 
@@ -33,6 +31,17 @@ async def read_body(request: Request) -> bytes:
             raise _too_large(size)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object (an empty body is ``{}``); 400 for anything else."""
+    raw = await read_body(request)
+    if not raw.strip():
+        return {}
+    body = decode_json(raw)
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    return body
 
 
 def decode_json(raw: bytes) -> Any:

@@ -22,6 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from helpers.config import PROJECT_ROOT
+from helpers.local.server.layout import server_info as info_path
+from helpers.local.server.layout import server_lock
+from helpers.local.server.layout import server_log as log_path
 
 START_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 20.0
@@ -33,14 +36,6 @@ class ServerInfo:
     url: str
     token: str
     pid: int
-
-
-def info_path(state_dir: Path) -> Path:
-    return Path(state_dir) / "server.json"
-
-
-def log_path(state_dir: Path) -> Path:
-    return Path(state_dir) / "server.log"
 
 
 def write_info(state_dir: Path, info: ServerInfo) -> None:
@@ -107,7 +102,7 @@ def healthy(info: ServerInfo, timeout: float = 3.0) -> bool:
 @contextmanager
 def _start_lock(state_dir: Path) -> Iterator[None]:
     """One starter at a time per state directory (two notebooks must not start two servers)."""
-    with open(Path(state_dir) / "server.lock", "w") as handle:
+    with open(server_lock(state_dir), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

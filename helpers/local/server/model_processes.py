@@ -13,6 +13,13 @@ In a batch, ``dataframe_records`` requests with the same columns and ``params``,
 schema (which fixes the column types), are parsed and scored in one ``predict`` call and the answer is
 split back by rows; any other request is answered alone. A batch that fails, or whose answer is not one
 prediction per row, is answered again request by request, so each request gets its own answer or error.
+
+Replicas are supervised, as Databricks supervises its serving containers: a replica whose process dies
+(SIGKILL, the OOM killer, a crash in native code, an exception outside the per-request guard) or that runs
+past the execution limit (it is killed then) is started again, after a pause that doubles with each failed
+start (``BACKOFF_SECONDS`` up to ``MAX_BACKOFF_SECONDS``). The requests it held are answered 503
+``TEMPORARILY_UNAVAILABLE`` (504 ``DEADLINE_EXCEEDED`` for the batch that ran too long), so are new ones until
+it is back, and its served entity shows ``DEPLOYMENT_RECOVERING`` meanwhile.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import threading
 from concurrent.futures import Future
 from itertools import pairwise
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import numpy as np
@@ -35,8 +43,17 @@ from mlflow.pyfunc.scoring_server import infer_and_parse_data
 from mlflow.utils.proto_json_utils import _get_jsonable_obj
 from threadpoolctl import threadpool_limits
 
-from helpers.local.server.errors import ApiError, ModelLoadError, bad_request
-from helpers.local.server.serving import MODEL_ERROR, Predictor, model_error
+from helpers.local.online_store import KeyTypeError
+from helpers.local.server.errors import (
+    ApiError,
+    ModelLoadError,
+    bad_request,
+    model_error,
+    timed_out,
+    unavailable,
+)
+from helpers.local.server.predictors import Predictor
+from helpers.local.server.records import Health
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +63,13 @@ Outcome = tuple[bool, Any]  # (True, the answer) or (False, (status, error_code,
 INHERITED_ENV = ("HELPERS_STATE_DIR", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 LOAD_TIMEOUT_SECONDS = 600.0
 GATHER_SECONDS = 0.001  # the longest a free replica waits for requests to join a batch
+BACKOFF_SECONDS = 0.5  # the pause before a dead replica is started again; doubled after each failed start
+MAX_BACKOFF_SECONDS = 30.0
+RECOVERING = "DEPLOYMENT_RECOVERING"
+MODEL_ERROR = (
+    "Encountered an unexpected error while evaluating the model. Verify that the input is compatible with "
+    "the model for inference. Error '{error}'"
+)
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload([__name__])
 
@@ -59,19 +83,18 @@ class ModelScorer:
 
     def answer(self, invocations: list[Invocation]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(invocations)
+        columns = [_columns(invocation) for invocation in invocations]
         pending = list(range(len(invocations)))
         while pending:
             first = pending[0]
-            columns = _columns(invocations[first])
             group = [first]
-            if self._schema is not None and columns is not None:
+            if self._schema is not None and columns[first] is not None:
                 params = invocations[first][2]
                 group += [
-                    i
-                    for i in pending[1:]
-                    if invocations[i][2] == params and _columns(invocations[i]) == columns
+                    i for i in pending[1:] if columns[i] == columns[first] and invocations[i][2] == params
                 ]
-            pending = [i for i in pending if i not in group]
+            grouped = set(group)
+            pending = [i for i in pending if i not in grouped]
             results = self._predict_batch([invocations[i] for i in group]) if len(group) > 1 else None
             for n, i in enumerate(group):
                 if results is not None:
@@ -107,6 +130,8 @@ class ModelScorer:
             raise bad_request(f"{input_format} cannot be read: {type(err).__name__}: {err}") from None
         try:
             return self._model.predict(data, params=params)
+        except KeyTypeError as err:  # a lookup key of the wrong type (a model with feature lookups)
+            raise bad_request(str(err)) from None
         except MlflowException as err:
             raise model_error(err.message) from None
         except Exception as err:  # the model's own failure is the caller's 400, as on Databricks
@@ -150,41 +175,60 @@ def serve_model(conn: Connection, model_uri: str, env: dict[str, str]) -> None:
         conn.send(scorer.answer(invocations))
 
 
-class ModelReplica(Predictor):
-    """The server's handle on a replica: queues invocations and sends them to the replica in batches."""
+def start_replica(model_uri: str, load_timeout: float) -> tuple[BaseProcess, Connection]:
+    """A replica process of ``model_uri`` that has loaded the model, and the pipe to it."""
+    conn, child = _CONTEXT.Pipe()
+    env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+    process = _CONTEXT.Process(
+        target=serve_model, args=(child, model_uri, env), name=f"model {model_uri}", daemon=True
+    )
+    process.start()
+    child.close()
+    try:
+        if not conn.poll(load_timeout):
+            raise ModelLoadError(f"{model_uri} did not load within {load_timeout:g} s")
+        loaded, message = conn.recv()
+    except EOFError:
+        process.join(5)
+        raise ModelLoadError(
+            f"the process loading {model_uri} exited (exit code {process.exitcode})"
+        ) from None
+    except BaseException:
+        process.kill()
+        raise
+    if not loaded:
+        process.join(5)
+        raise ModelLoadError(message)
+    return process, conn
 
-    def __init__(self, model_uri: str, *, load_timeout: float = LOAD_TIMEOUT_SECONDS) -> None:
+
+class ModelReplica(Predictor):
+    """The server's handle on a replica: queues invocations, sends them in batches, restarts it if it dies."""
+
+    def __init__(
+        self,
+        model_uri: str,
+        *,
+        load_timeout: float = LOAD_TIMEOUT_SECONDS,
+        execution_limit: float = float("inf"),
+    ) -> None:
         self.model_uri = model_uri
-        conn, child = _CONTEXT.Pipe()
-        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
-        self._process = _CONTEXT.Process(
-            target=serve_model, args=(child, model_uri, env), name=f"model {model_uri}", daemon=True
-        )
-        self._process.start()
-        child.close()
-        try:
-            if not conn.poll(load_timeout):
-                raise ModelLoadError(f"{model_uri} did not load within {load_timeout:g} s")
-            loaded, message = conn.recv()
-        except EOFError:
-            self._process.join(5)
-            raise ModelLoadError(
-                f"the process loading {model_uri} exited (exit code {self._process.exitcode})"
-            ) from None
-        except BaseException:
-            self._process.kill()
-            raise
-        if not loaded:
-            self._process.join(5)
-            raise ModelLoadError(message)
-        self._conn = conn
+        self._load_timeout = load_timeout
+        self._limit = None if execution_limit == float("inf") else execution_limit
+        self._process, self._conn = start_replica(model_uri, load_timeout)
         self._queue: list[tuple[Invocation, Future]] = []
-        self._state = threading.Condition()  # guards the queue, the counts and ``_closed``
+        self._state = threading.Condition()  # guards the queue, the counts, ``_down`` and ``_closed``
         self._in_flight = 0  # invocations submitted and not answered yet
         self._peak = 0  # the most in flight at once since the last batch was sent
         self._closed = False
-        self._dispatcher = threading.Thread(target=self._dispatch, name=f"dispatch {model_uri}", daemon=True)
+        self._down: str | None = None  # why the replica is not running, while it is started again
+        self.restarts = 0
+        self._dispatcher = threading.Thread(target=self._supervise, name=f"replica {model_uri}", daemon=True)
         self._dispatcher.start()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
 
     def __call__(self, input_format: str, payload: Any, params: dict[str, Any] | None) -> dict[str, Any]:
         return self._submit((input_format, payload, params)).result()
@@ -193,6 +237,10 @@ class ModelReplica(Predictor):
         self, input_format: str, payload: Any, params: dict[str, Any] | None
     ) -> dict[str, Any]:
         return await asyncio.wrap_future(self._submit((input_format, payload, params)))
+
+    def health(self) -> Health | None:
+        down = self._down
+        return None if down is None else (RECOVERING, down)
 
     def close(self) -> None:
         """Stop taking invocations; the replica exits once those already queued are answered."""
@@ -204,14 +252,53 @@ class ModelReplica(Predictor):
         future: Future = Future()
         with self._state:
             if self._closed:
-                raise _gone(self.model_uri)
+                raise unavailable(f"The model server process of {self.model_uri} is not running.")
+            if self._down is not None:
+                raise unavailable(f"The model server of {self.model_uri} is recovering: {self._down}")
             self._queue.append((invocation, future))
             self._in_flight += 1
             self._peak = max(self._peak, self._in_flight)
             self._state.notify_all()
         return future
 
-    def _dispatch(self) -> None:
+    def _supervise(self) -> None:
+        """Serve batches; whenever the replica stops answering, start it again with backoff."""
+        while (why := self._serve()) is not None:
+            self._process.kill()
+            self._process.join(10)
+            self._conn.close()
+            log.error("the replica of %s stopped: %s", self.model_uri, why)
+            if not self._restart(why):
+                return
+        self._conn.close()
+        self._process.join(10)
+
+    def _restart(self, why: str) -> bool:
+        """Start a new replica, pausing longer after each failed start; ``False`` if closed meanwhile."""
+        delay = BACKOFF_SECONDS
+        while True:
+            with self._state:
+                self._down = f"{why}; starting it again in {delay:g} s (restart {self.restarts + 1})"
+                queued, self._queue = self._queue, []
+                self._in_flight -= len(queued)
+            _fail(queued, unavailable(f"The model server of {self.model_uri} is recovering: {why}"))
+            with self._state:
+                if self._state.wait_for(lambda: self._closed, delay):
+                    return False
+            try:
+                self._process, self._conn = start_replica(self.model_uri, self._load_timeout)
+            except ModelLoadError as err:
+                why = f"starting it again failed: {err}"
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+                continue
+            with self._state:
+                self._down = None
+                self.restarts += 1
+            log.info("the replica of %s runs again (restart %d)", self.model_uri, self.restarts)
+            return True
+
+    def _serve(self) -> str | None:
+        """Send what is queued in batches until closed (``None``) or the replica fails (why it did)."""
         while True:
             with self._state:
                 self._state.wait_for(lambda: self._queue or self._closed)
@@ -219,31 +306,34 @@ class ModelReplica(Predictor):
                 self._state.wait_for(lambda: len(self._queue) >= self._peak or self._closed, GATHER_SECONDS)
                 batch, self._queue, self._peak = self._queue, [], self._in_flight
                 if not batch:  # closed, and every invocation answered
-                    break
+                    return None
+            error: ApiError | None = None
             try:
                 self._conn.send([invocation for invocation, _ in batch])
-                outcomes = self._conn.recv()
+                if self._conn.poll(self._limit):
+                    outcomes = self._conn.recv()
+                else:
+                    why = f"it ran past the {self._limit:g} s execution limit and was stopped"
+                    error = timed_out(
+                        f"The model {self.model_uri} did not answer within the execution limit of "
+                        f"{self._limit:g} s."
+                    )
             except (EOFError, OSError):
-                log.error("the replica of %s exited (exit code %s)", self.model_uri, self._process.exitcode)
-                with self._state:
-                    self._closed = True
-                    batch += self._queue
-                    self._queue = []
-                for _, future in batch:
-                    future.set_exception(_gone(self.model_uri))
-                break
+                self._process.join(1)
+                why = f"its process exited (exit code {self._process.exitcode})"
+                error = unavailable(f"The model server process of {self.model_uri} exited; it is restarting.")
             with self._state:
                 self._in_flight -= len(batch)
+            if error is not None:
+                _fail(batch, error)
+                return why
             for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
                 if ok:
                     future.set_result(value)
                 else:
                     future.set_exception(ApiError(*value))
-        self._conn.close()
-        self._process.join(10)
 
 
-def _gone(model_uri: str) -> ApiError:
-    return ApiError(
-        503, "TEMPORARILY_UNAVAILABLE", f"The model server process of {model_uri} is not running."
-    )
+def _fail(requests: list[tuple[Invocation, Future]], error: ApiError) -> None:
+    for _, future in requests:
+        future.set_exception(error)
