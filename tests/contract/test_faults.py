@@ -336,7 +336,7 @@ def test_a_job_whose_kernel_dies_fails_with_a_message(workspace: Workspace) -> N
 
     assert run.state.life_cycle_state == jobs.RunLifeCycleState.TERMINATED
     assert run.state.result_state == jobs.RunResultState.FAILED
-    assert run.state.state_message == f"Task crash failed with message: {KERNEL_DIED}"
+    assert run.state.state_message == "Task crash failed with message: Workload failed, see run output for details"
     assert w.jobs.get_run_output(run.tasks[0].run_id).error == KERNEL_DIED
 
 
