@@ -91,6 +91,22 @@ def workspace_client(cfg: Settings | None = None) -> Any:
     return WorkspaceClient(host=server.url, token=server.token, auth_type="pat")
 
 
+def spark_session(cfg: Settings | None = None) -> Any:
+    """The notebook's ``spark``: the active SparkSession on Databricks, a small local stand-in elsewhere.
+
+    The local one runs the few statements the notebooks use (``ALTER TABLE ... SET TBLPROPERTIES``,
+    ``DROP TABLE``, ``spark.table``) over the twin's Delta tables and refuses anything else by name.
+    """
+    cfg = cfg or current_settings()
+    if cfg.backend == "databricks":
+        from pyspark.sql import SparkSession
+
+        return SparkSession.builder.getOrCreate()
+    from helpers.local.spark import LocalSparkSession
+
+    return LocalSparkSession(cfg.state_dir)
+
+
 def to_backend_df(df: pd.DataFrame) -> Any:
     """The frame type the backend's feature client wants: Spark on Databricks, pandas locally."""
     if current_settings().backend == "databricks":

@@ -89,6 +89,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
         infer_input_example=True,
     )
     store = fe.create_online_store(name="store", capacity="CU_1")
+    fe._tables.set_properties("main.s.cf", {"delta.enableChangeDataFeed": "true"})
     fe.publish_table(online_store=store, source_table_name="main.s.cf", online_table_name="main.s.cf_online")
     yield state, fe, info.registered_model_version
     patch.undo()
