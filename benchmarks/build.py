@@ -17,6 +17,7 @@ import pandas as pd
 from benchmarks import model as model_module
 from helpers import data, platform
 from helpers.config import get_settings
+from helpers.features import wait_for_online_store
 
 FEATURES = list(data.CUSTOMER_FEATURE_COLUMNS)
 REQUEST_COLUMNS = ["amount", "merchant_category", "hour", "channel", "distance_from_home_km"]
@@ -86,7 +87,11 @@ def build(state_dir: Path, n_customers: int, seed: int, n_train: int) -> Built:
     )
     timings["delta_write_s"] = time.perf_counter() - started
 
+    platform.spark_session().sql(
+        f"ALTER TABLE {names['table']} SET TBLPROPERTIES (delta.enableChangeDataFeed = true)"
+    )
     store = fe.get_online_store(name=STORE_NAME) or fe.create_online_store(name=STORE_NAME, capacity="CU_1")
+    wait_for_online_store(fe, STORE_NAME)
     started = time.perf_counter()
     fe.publish_table(
         online_store=store,

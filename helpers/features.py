@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pandas as pd
@@ -49,8 +51,36 @@ def create_or_merge_table(
 
 
 def get_or_create_online_store(fe: Any, name: str, capacity: str = "CU_1") -> Any:
-    """The online store called ``name``, created on first use (capacity applies on Databricks)."""
+    """The online store called ``name``, created on first use (capacity applies on Databricks).
+
+    A new store comes back ``STARTING``: wait for it with :func:`wait_for_online_store` before publishing.
+    """
     return fe.get_online_store(name=name) or fe.create_online_store(name=name, capacity=capacity)
+
+
+def wait_for_online_store(
+    fe: Any, name: str, timeout: timedelta = timedelta(minutes=20), max_poll_seconds: float = 10
+) -> Any:
+    """Poll ``fe.get_online_store(name=name).state`` until ``AVAILABLE`` (printing each new state).
+
+    ``create_online_store`` returns while the store is starting; publishing to it fails until then.
+    Raises ``TimeoutError`` after ``timeout``, ``RuntimeError`` if the store does not exist.
+    """
+    started, pause, last = time.monotonic(), 0.25, None
+    while True:
+        store = fe.get_online_store(name=name)
+        if store is None:
+            raise RuntimeError(f"online store {name!r} does not exist; create it with fe.create_online_store")
+        state = store.state.value if store.state is not None else "STATE_UNSPECIFIED"
+        if state != last:
+            print(f"  {time.monotonic() - started:6.1f} s  online store {name}: {state}")
+            last = state
+        if state == "AVAILABLE":
+            return store
+        if time.monotonic() - started > timeout.total_seconds():
+            raise TimeoutError(f"online store {name!r} not AVAILABLE after {timeout} (still {state})")
+        time.sleep(pause)
+        pause = min(pause * 2, max_poll_seconds)
 
 
 def create_feature_spec_if_missing(

@@ -184,14 +184,17 @@ def run_output(w: WorkspaceClient, run: Run) -> str | None:
 
 
 def run_error(w: WorkspaceClient, run: Run) -> str | None:
-    """Why a run did not succeed: its state message and the task's error; ``None`` if it succeeded."""
+    """Why a run did not succeed; ``None`` if it succeeded.
+
+    A notebook's exception is in the task's ``runs/get-output`` (``error``); the run's ``state_message`` says
+    only "Workload failed, see run output for details". Without an ``error`` (a timeout, a cancel, a bad
+    configuration) the state message is the reason.
+    """
     if succeeded(run):
         return None
-    message = run.state.state_message if run.state else ""
     output = w.jobs.get_run_output(_task_run_id(run))
-    if output.error and output.error not in (message or ""):
-        message = f"{message} ({output.error})" if message else output.error
-    return message or "the run did not succeed and gave no reason"
+    message = run.state.state_message if run.state else ""
+    return output.error or message or "the run did not succeed and gave no reason"
 
 
 def run_timings(run: Run) -> dict[str, float]:

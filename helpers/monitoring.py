@@ -1,7 +1,7 @@
 """Monitoring computations over an endpoint's inference table: unpacking, quality, drift, operations.
 
-Pure pandas/NumPy/SciPy, the same on both backends: the notebook reads the payload table with the backend's
-reader and hands the frame over.
+Pure pandas/NumPy/SciPy, the same on both backends: the notebook reads the payload table (a plain Delta
+table, not a feature table) with ``spark.table(name).toPandas()`` and hands the frame over.
 """
 
 from __future__ import annotations

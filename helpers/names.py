@@ -57,7 +57,7 @@ def validate_identifier(value: object, what: str) -> str:
 
 
 # The names the notebooks create -------------------------------------------------------------------------
-_KINDS = ("endpoint", "job", "feature spec", "online store", "online table", "table", "model")
+_KINDS = ("endpoint", "job", "feature spec", "online store", "online table", "table", "plain table", "model")
 
 
 def _kind(kind: str) -> Any:
@@ -97,7 +97,7 @@ class ProjectNames:
     shelf_history_table: str = _kind("table")
     shelf_layouts_table: str = _kind("table")
     shelf_results_table: str = _kind("table")
-    payload_table: str = _kind("table")
+    payload_table: str = _kind("plain table")  # the inference log: no primary key, not a feature table
     model: str = _kind("model")
     promo_model: str = _kind("model")
     request_model: str = _kind("model")

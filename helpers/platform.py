@@ -6,7 +6,6 @@ Notebooks call these functions and the real Databricks APIs; everything backend-
 from __future__ import annotations
 
 import os
-import re
 import time
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
@@ -96,6 +95,22 @@ def workspace_client(cfg: Settings | None = None) -> Any:
     _local_mlflow(cfg.state_dir)
     server = ensure_server(cfg.state_dir)
     return WorkspaceClient(host=server.url, token=server.token, auth_type="pat")
+
+
+def spark_session(cfg: Settings | None = None) -> Any:
+    """The notebook's ``spark``: the active SparkSession on Databricks, a small local stand-in elsewhere.
+
+    The local one runs the few statements the notebooks use (``ALTER TABLE ... SET TBLPROPERTIES``,
+    ``DROP TABLE``, ``spark.table``) over the twin's Delta tables and refuses anything else by name.
+    """
+    cfg = cfg or current_settings()
+    if cfg.backend == "databricks":
+        from pyspark.sql import SparkSession
+
+        return SparkSession.builder.getOrCreate()
+    from helpers.local.spark import LocalSparkSession
+
+    return LocalSparkSession(cfg.state_dir)
 
 
 def to_backend_df(df: pd.DataFrame) -> Any:
@@ -194,36 +209,6 @@ def wait_for_publish(
         if time.monotonic() - started > timeout.total_seconds():
             raise TimeoutError(f"publishing {published.online_table_name} not done after {timeout} ({state})")
         time.sleep(poll_seconds)
-
-
-# TEMPORARY (branch `continuous`): the `strict` branch brings the real `spark_session()`; keep that one at
-# merge and delete this block (notebook 02's `spark.sql("ALTER TABLE ...")` cell runs unchanged on either).
-def spark_session() -> Any:
-    """The Spark session on Databricks; locally an object whose ``sql`` runs the one statement the notebooks
-    use: ``ALTER TABLE <name> SET TBLPROPERTIES (delta.enableChangeDataFeed = true)``."""
-    if current_settings().backend == "databricks":
-        from pyspark.sql import SparkSession
-
-        return SparkSession.builder.getOrCreate()
-    return _LocalSql()
-
-
-class _LocalSql:
-    _ENABLE_CDF = re.compile(
-        r"\s*ALTER\s+TABLE\s+(\S+)\s+SET\s+TBLPROPERTIES\s*\(\s*delta\.enableChangeDataFeed\s*=\s*true\s*\)\s*",
-        re.IGNORECASE,
-    )
-
-    def sql(self, statement: str) -> None:
-        from helpers.local.tables import DeltaTables
-
-        match = self._ENABLE_CDF.fullmatch(statement)
-        if match is None:
-            raise NotImplementedError(
-                f"the local twin runs only ALTER TABLE ... enableChangeDataFeed: {statement}"
-            )
-        table = DeltaTables(current_settings().state_dir).delta(match.group(1))
-        table.alter.set_table_properties({"delta.enableChangeDataFeed": "true"})
 
 
 def drop_python_function(name: str) -> None:

@@ -47,15 +47,16 @@ def demo_event_tables(demo: Any) -> EventTables:
     return EventTables(features=demo.customer_features, events=demo.transactions, timeseries_column="as_of")
 
 
-def own_event_tables(cfg: Settings, fe: Any = None) -> EventTables:
+def own_event_tables(cfg: Settings) -> EventTables:
     """``cfg.source`` read, validated against the column mapping and split; nothing is written."""
-    return split_events(validate_events(read_source(cfg.source, fe), cfg), cfg)
+    return split_events(validate_events(read_source(cfg.source), cfg), cfg)
 
 
-def read_source(source: str, fe: Any = None) -> pd.DataFrame:
+def read_source(source: str) -> pd.DataFrame:
     """The rows of ``source``: a ``.csv``/``.parquet`` path (relative to the project root) or a table name.
 
-    A table is read with the feature-engineering client ``fe``.
+    A table is read with ``spark.table``: a source table is usually a plain Delta table, which
+    ``fe.read_table`` refuses (it reads only feature tables, those with a primary key).
     """
     path = Path(source).expanduser()
     path = path if path.is_absolute() else PROJECT_ROOT / path
@@ -77,9 +78,7 @@ def read_source(source: str, fe: Any = None) -> pd.DataFrame:
         raise SourceError(
             f"source {source!r} is neither a .csv/.parquet file nor a table name catalog.schema.table"
         ) from None
-    if fe is None:
-        raise SourceError(f"source {source!r} is a table name, but no feature-engineering client was given")
-    return platform.to_pandas(fe.read_table(name=source))
+    return platform.to_pandas(platform.spark_session().table(source))
 
 
 def events_schema(cfg: Settings) -> Any:

@@ -25,7 +25,8 @@ class DemoResources:
     jobs: tuple[str, ...]
     feature_specs: tuple[str, ...]
     online_stores: tuple[str, ...]
-    tables: tuple[str, ...]
+    tables: tuple[str, ...]  # feature tables (fe.drop_table)
+    plain_tables: tuple[str, ...]  # plain Delta tables, such as the inference table (DROP TABLE)
     models: tuple[str, ...]
     functions: tuple[str, ...]
 
@@ -40,6 +41,7 @@ def demo_resources(cfg: Settings) -> DemoResources:
         feature_specs=names.of_kind("feature spec"),
         online_stores=names.of_kind("online store"),  # deleting a store drops its online tables
         tables=names.of_kind("table"),
+        plain_tables=names.of_kind("plain table"),
         models=names.of_kind("model"),
         functions=(ratio.udf_name,) if ratio else (),
     )
@@ -48,7 +50,8 @@ def demo_resources(cfg: Settings) -> DemoResources:
 def _absent(error: Exception) -> bool:
     text = f"{type(error).__name__} {error}".lower()
     return any(
-        s in text for s in ("does not exist", "not found", "notfound", "resourcedoesnotexist", "no such")
+        s in text
+        for s in ("does not exist", "not found", "notfound", "not_found", "resourcedoesnotexist", "no such")
     )
 
 
@@ -69,6 +72,7 @@ def teardown(w: Any, fe: Any, resources: DemoResources) -> pd.DataFrame:
         ("feature spec", resources.feature_specs, lambda n: fe.delete_feature_spec(name=n)),
         ("online store", resources.online_stores, lambda n: fe.delete_online_store(name=n)),
         ("table", resources.tables, lambda n: fe.drop_table(name=n)),
+        ("plain table", resources.plain_tables, lambda n: platform.spark_session().sql(f"DROP TABLE {n}")),
         ("model", resources.models, client.delete_registered_model),
         ("function", resources.functions, platform.drop_python_function),
     ]

@@ -24,3 +24,11 @@ def nothing_written_to_the_working_directory() -> Iterator[None]:
     existed = stray.exists()
     yield
     assert existed or not stray.exists(), f"a test wrote {stray}; point MLflow at the test's state dir"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def online_stores_start_at_once() -> Iterator[None]:
+    """A new online store is STARTING for a few seconds, as on Databricks; only tests of that wait for it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HELPERS_ONLINE_STORE_START_SECONDS", "0")
+        yield

@@ -95,6 +95,21 @@ def test_a_valid_source_splits_into_point_in_time_features_and_events(mapping_en
     assert str(tables.events["applied_at"].dtype) == "datetime64[us]"
 
 
+def test_a_source_table_is_read_as_a_plain_table(mapping_env: Path) -> None:
+    """A source table usually has no primary key: it is read with spark.table, which fe.read_table is not."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from helpers import platform
+    from helpers.local.tables import DeltaTables
+
+    cfg = platform.settings(source="main.raw.loan_applications")
+    write_deltalake(
+        str(DeltaTables(cfg.state_dir).path(cfg.source)), pa.Table.from_pandas(loan_applications(50))
+    )
+    assert len(own_event_tables(cfg).events) == 50
+
+
 def _run(path: Path, out: Path, **parameters: object) -> None:
     declared = papermill.inspect_notebook(str(path))
     papermill.execute_notebook(

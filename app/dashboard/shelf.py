@@ -131,6 +131,16 @@ def run_view(run: BaseRun, now_ms: int | None = None) -> RunView:
     )
 
 
+def failure_reason(w: WorkspaceClient, run: RunView) -> str:
+    """Why a finished run failed: its task's ``error`` from ``runs/get-output`` (where Databricks puts a
+    notebook's exception; the state message only says to look there), else the run's state message."""
+    for task in w.jobs.get_run(run.run_id).tasks or []:
+        error = w.jobs.get_run_output(task.run_id).error
+        if error:
+            return error
+    return run.message or "no message"
+
+
 def runs_frame(runs: Iterable[RunView]) -> pd.DataFrame:
     rows = [
         {

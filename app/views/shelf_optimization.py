@@ -71,7 +71,10 @@ def show_run(run: shelf.RunView) -> None:
         )
         return
     if not run.succeeded:
-        st.error(f"Run {run.run_id} ended {run.state}: {run.message or 'no message'}")
+        reasons: dict[int, str] = st.session_state.setdefault("failure_reasons", {})
+        if run.run_id not in reasons:  # a finished run's output never changes: ask once
+            reasons[run.run_id] = shelf.failure_reason(w, run)
+        st.error(f"Run {run.run_id} ended {run.state}: {reasons[run.run_id]}")
         return
     if run.run_id not in results:
         try:

@@ -124,6 +124,7 @@ class LocalFeatureEngineeringClient(OnlinePublishingMixin):
         self._tables.merge(name, to_arrow(df))
 
     def read_table(self, *, name: str, **kwargs: Any) -> pd.DataFrame:
+        """A feature table's rows; a plain Delta table (no primary key) raises, as on Databricks."""
         return to_pandas(self._tables.read(name))
 
     def get_table(self, *, name: str):
@@ -143,6 +144,11 @@ class LocalFeatureEngineeringClient(OnlinePublishingMixin):
         )
 
     def drop_table(self, *, name: str) -> None:
+        if self._tables.is_delta(name) and not self._tables.exists(name):
+            raise ValueError(  # the real client's words
+                f"Delta table '{name}' is not a feature table. Use spark API to drop the delta table: "
+                f'spark.sql("DROP TABLE {name}").'
+            )
         self._tables.drop(name)
 
     # Training sets and models ---------------------------------------------------------------------------

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 SERVER_STOPPED = (
     "The local workspace server stopped while the run was active; the run was closed by the workspace server."
 )
+# Databricks' state message for a task whose notebook raised; the error itself is in runs/get-output.
+WORKLOAD_FAILED = "Workload failed, see run output for details"
 KERNEL_DIED = (
     "Fatal error: the notebook's Python kernel died while running a cell (killed, out of memory or crashed)."
 )
@@ -327,7 +329,8 @@ def run_notebook(
         return NotebookResult(State.success(), setup, execution, cleanup, exit_value)
     else:
         error, trace = _notebook_error(output, run_dir / f"{stem}.log")
-        return NotebookResult(State.failed(error), setup, execution, cleanup, exit_value, error, trace)
+        state = State.failed(WORKLOAD_FAILED)  # the exception goes to runs/get-output, as on Databricks
+        return NotebookResult(state, setup, execution, cleanup, exit_value, error, trace)
     return NotebookResult(state, setup, execution, cleanup, exit_value, state.state_message)
 
 

@@ -1,64 +1,29 @@
 """The MLflow pyfunc that ``log_model(..., training_set=...)`` writes: a model that looks up its own features.
 
 The artifact holds the raw model and the feature spec. At predict time the request carries keys and
-request-time values; the wrapper fetches the rest from the online store (or, for a table that was never
-published, from the offline Delta table) and calls the raw model. The local server, ``mlflow models serve``
-and ``score_batch`` all use this one class.
+request-time values; the wrapper fetches the rest from the online store and calls the raw model. As on
+Databricks there is no offline fallback: a lookup from a table that was never published fails, naming the
+table. ``score_batch`` joins the offline tables itself and calls :meth:`FeatureLookupModel.predict_features`.
+The local server, ``mlflow models serve`` and ``score_batch`` all use this one class.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import mlflow
 import pandas as pd
-import pyarrow.compute as pc
 
 from helpers.config import get_settings
 from helpers.local.feature_spec import FeatureSpec, resolve_records
 from helpers.local.functions import FunctionRegistry
-from helpers.local.online_store import OnlineStore, TableNotPublishedError
-from helpers.local.tables import DeltaTables
-
-log = logging.getLogger(__name__)
-
-
-class OnlineFirstReader:
-    """Read features from the online store; fall back to the offline table if it was never published."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self._online = OnlineStore(state_dir)
-        self._tables = DeltaTables(state_dir)
-        self._offline: dict[str, tuple[int, dict[tuple, dict[str, Any]]]] = {}
-
-    def read_latest(
-        self, table_name: str, keys: Sequence[tuple[Any, ...]], feature_names: Sequence[str]
-    ) -> list[dict[str, Any] | None]:
-        try:
-            return self._online.read_latest(table_name, keys, feature_names)
-        except TableNotPublishedError:
-            rows = self._offline_rows(table_name)
-            return [rows.get(tuple(str(k) for k in key)) for key in keys]
-
-    def _offline_rows(self, table_name: str) -> dict[tuple, dict[str, Any]]:
-        version = self._tables.version(table_name)
-        cached = self._offline.get(table_name)
-        if cached is None or cached[0] != version:
-            log.warning("%s is not published to the online store; reading the offline table", table_name)
-            meta = self._tables.meta(table_name)
-            table = self._tables.read(table_name)
-            if meta.timeseries_column:
-                table = table.sort_by([(meta.timeseries_column, "ascending")])
-            keys = zip(*(pc.cast(table[k], "string").to_pylist() for k in meta.entity_keys))
-            rows = dict(zip(keys, table.to_pylist()))  # later rows (newer snapshots) win
-            cached = (version, rows)
-            self._offline[table_name] = cached
-        return cached[1]
+from helpers.local.online_store import OnlineStore
 
 
 class FeatureLookupModel(mlflow.pyfunc.PythonModel):
@@ -68,7 +33,7 @@ class FeatureLookupModel(mlflow.pyfunc.PythonModel):
         self.spec = FeatureSpec.load(Path(context.artifacts["feature_spec"]))
         self.raw_model = mlflow.pyfunc.load_model(context.artifacts["raw_model"])
         state_dir = get_settings().state_dir
-        self._reader = OnlineFirstReader(state_dir)
+        self._reader = OnlineStore(state_dir)
         self._functions = FunctionRegistry(state_dir).callable
 
     def predict(
@@ -78,18 +43,19 @@ class FeatureLookupModel(mlflow.pyfunc.PythonModel):
         columns = list(model_input.columns)
         records = [dict(zip(columns, row)) for row in zip(*(model_input[c].tolist() for c in columns))]
         rows = resolve_records(self.spec, records, self._reader, self._functions)
-        missing = [c for c in self.spec.model_input_columns if rows and c not in rows[0]]
-        if missing:
-            raise ValueError(f"model input is missing column(s) {missing}")
+        self._require_inputs(rows[0] if rows else self.spec.model_input_columns)
         features = {c: [row[c] for row in rows] for c in self.spec.model_input_columns}
         return self.raw_model.predict(pd.DataFrame(features), params=params)
 
     def predict_features(self, features: pd.DataFrame, params: dict | None = None) -> Any:
         """Predict from a frame that already holds every model input column."""
-        missing = [c for c in self.spec.model_input_columns if c not in features.columns]
+        self._require_inputs(features.columns)
+        return self.raw_model.predict(features[self.spec.model_input_columns], params=params)
+
+    def _require_inputs(self, columns: Any) -> None:
+        missing = [c for c in self.spec.model_input_columns if c not in columns]
         if missing:
             raise ValueError(f"model input is missing column(s) {missing}")
-        return self.raw_model.predict(features[self.spec.model_input_columns], params=params)
 
 
 def _save_raw_model(model: Any, flavor: ModuleType, path: Path, flavor_kwargs: dict[str, Any]) -> None:
@@ -124,15 +90,33 @@ def log_lookup_model(
             signature = mlflow.models.infer_signature(input_example, output)
         # The wrapper needs what the raw model needs; naming it skips MLflow's slow requirement inference.
         requirements = (raw_path / "requirements.txt").read_text().split()
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=FeatureLookupModel(),
-            artifacts={"raw_model": str(raw_path), "feature_spec": str(spec_path)},
-            registered_model_name=registered_model_name,
-            signature=signature,
-            input_example=input_example,
-            pip_requirements=[*requirements, *(extra_pip_requirements or [])],
-        )
+        with _quiet_example_check():
+            return mlflow.pyfunc.log_model(
+                name=name,
+                python_model=FeatureLookupModel(),
+                artifacts={"raw_model": str(raw_path), "feature_spec": str(spec_path)},
+                registered_model_name=registered_model_name,
+                signature=signature,
+                input_example=input_example,
+                pip_requirements=[*requirements, *(extra_pip_requirements or [])],
+            )
+
+
+class _DropExampleCheckWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to validate serving input example")
+
+
+@contextmanager
+def _quiet_example_check() -> Iterator[None]:
+    """Silence MLflow's log-time check that predicts the input example: the example holds only keys, whose
+    features are looked up online, and the tables need not be published until the model is served."""
+    logger, quiet = logging.getLogger("mlflow.models.model"), _DropExampleCheckWarning()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def load_packaged_model(model_uri: str) -> FeatureLookupModel:

@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 _BATCH_ROWS = 50_000
 _KEYS_PER_QUERY = 500
-# Delta operations whose change data feed holds every change as an insert or update post-image.
-_INCREMENTAL_OPERATIONS = {"MERGE", "UPDATE"}
+# Delta operations whose change data feed holds every change as an insert or update post-image
+# (SET TBLPROPERTIES changes no row: turning the change data feed on must not force a snapshot).
+_INCREMENTAL_OPERATIONS = {"MERGE", "UPDATE", "SET TBLPROPERTIES"}
 
 
 class TableNotPublishedError(LookupError):
@@ -312,8 +313,9 @@ class OnlineStore:
             info = _fetch_entry(conn, "source_table_name", source_table_name)
             if info is None:
                 raise TableNotPublishedError(
-                    f"feature table {source_table_name} is not published to the online store; publish it "
-                    "with fe.publish_table(online_store=..., source_table_name=..., online_table_name=...)"
+                    f"feature table {source_table_name} is not published to an online store, and served "
+                    "models look features up online only; publish it with fe.publish_table(online_store=..., "
+                    f"source_table_name={source_table_name!r}, online_table_name=...) before serving"
                 )
             self._local.registry[source_table_name] = info
         return info

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
 import re
 import time
 import uuid
@@ -33,6 +34,10 @@ PUBLISH_MODES = ("TRIGGERED", "SNAPSHOT", "CONTINUOUS")
 CAPACITIES = ("CU_1", "CU_2", "CU_4", "CU_8")
 _DEFAULT_TRIGGER = {"processingTime": "5 minutes"}
 _STORE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+# A new store is STARTING for this long, then AVAILABLE (on Databricks: minutes). Read at create time.
+START_SECONDS_ENV = "HELPERS_ONLINE_STORE_START_SECONDS"
+DEFAULT_START_SECONDS = 3.0
+_CDF_MODES = ("TRIGGERED", "CONTINUOUS")
 
 
 # Feature specs on disk -------------------------------------------------------------------------------------
@@ -153,6 +158,26 @@ def feature_spec_from_features(
     return FeatureSpec(lookups=lookups, functions=udfs, exclude_columns=exclude)
 
 
+# Online store entities -------------------------------------------------------------------------------------
+def _start_seconds() -> float:
+    raw = os.environ.get(START_SECONDS_ENV, "")
+    try:
+        seconds = float(raw) if raw.strip() else DEFAULT_START_SECONDS
+    except ValueError:
+        raise ValueError(f"{START_SECONDS_ENV} must be a number of seconds, got {raw!r}") from None
+    return max(seconds, 0.0)
+
+
+def _store_entity(spec: dict[str, Any]):
+    """The real ``DatabricksOnlineStore`` for a stored spec: ``STARTING`` until ``available_at``."""
+    from databricks.ml_features.entities.online_store import DatabricksOnlineStore
+
+    fields = {k: v for k, v in spec.items() if k != "available_at"}
+    starting = time.time() < spec.get("available_at", 0)
+    state = DatabricksOnlineStore.State.STARTING if starting else DatabricksOnlineStore.State.AVAILABLE
+    return DatabricksOnlineStore(**fields, state=state)
+
+
 # The mixin -------------------------------------------------------------------------------------------------
 class OnlinePublishingMixin:
     """``FeatureEngineeringClient``'s online methods; the host class sets ``_state_dir``, ``_tables`` and
@@ -175,8 +200,11 @@ class OnlinePublishingMixin:
         read_replica_count: int | None = None,
         usage_policy_id: str | None = None,
     ):
-        """Create a named online store (locally, every store lives in ``online.db``)."""
-        from databricks.ml_features.entities.online_store import DatabricksOnlineStore
+        """Create a named online store; like Databricks it returns while the store is still ``STARTING``.
+
+        It becomes ``AVAILABLE`` ``HELPERS_ONLINE_STORE_START_SECONDS`` (default 3) seconds later; poll
+        ``get_online_store(name=...).state`` before publishing. Locally every store lives in ``online.db``.
+        """
         from databricks.sdk.errors import AlreadyExists
 
         if not isinstance(name, str) or not _STORE_NAME.match(name):
@@ -197,9 +225,10 @@ class OnlinePublishingMixin:
             "usage_policy_id": usage_policy_id,
             "creator": getpass.getuser(),
             "creation_time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "available_at": time.time() + _start_seconds(),
         }
         self._online_store.save_store(name, spec)
-        return DatabricksOnlineStore(**spec, state=DatabricksOnlineStore.State.AVAILABLE)
+        return _store_entity(spec)
 
     def delete_online_store(self, *, name: str) -> None:
         """Delete the online store and the online tables published to it (the offline tables stay)."""
@@ -210,15 +239,9 @@ class OnlinePublishingMixin:
         self._online_store.drop(name)
 
     def get_online_store(self, *, name: str):
-        """The online store called ``name``, or ``None`` if there is none."""
-        from databricks.ml_features.entities.online_store import DatabricksOnlineStore
-
+        """The online store called ``name`` with its current state, or ``None`` if there is none."""
         spec = self._online_store.get_store(name)
-        return (
-            None
-            if spec is None
-            else DatabricksOnlineStore(**spec, state=DatabricksOnlineStore.State.AVAILABLE)
-        )
+        return None if spec is None else _store_entity(spec)
 
     def publish_table(
         self,
@@ -240,6 +263,8 @@ class OnlinePublishingMixin:
         ``TRIGGERED`` (the default) copies the changes since the last publish; ``SNAPSHOT`` copies the whole
         table every time; ``CONTINUOUS`` syncs now, then keeps following the table's change data feed in the
         background (:mod:`helpers.local.continuous_sync`) until the online table is deleted.
+        Databricks' preconditions hold: the store is ``AVAILABLE``, and ``TRIGGERED`` / ``CONTINUOUS`` need
+        Change Data Feed on the source table.
         """
         from databricks.ml_features.entities.published_table import PublishedTable
 
@@ -274,12 +299,7 @@ class OnlinePublishingMixin:
             publish_mode = "CONTINUOUS"
         if publish_mode not in PUBLISH_MODES:
             raise ValueError(f"publish_mode {publish_mode!r} is not valid; use one of {list(PUBLISH_MODES)}")
-        if self._online_store.get_store(online_store.name) is None:
-            raise ValueError(
-                f"online_store {online_store.name!r} does not exist; create it with create_online_store"
-            )
-        if not self._tables.exists(source_table_name):
-            raise ValueError(f"source_table_name: feature table {source_table_name} does not exist")
+        self._check_publish_preconditions(online_store.name, source_table_name, publish_mode)
         result = self._online_store.publish(
             source_table_name,
             online_table_name,
@@ -304,6 +324,35 @@ class OnlinePublishingMixin:
         )
         pipeline_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"online-table:{online_table_name}"))
         return PublishedTable(online_table_name=online_table_name, pipeline_id=pipeline_id)
+
+    def _check_publish_preconditions(
+        self, store_name: str, source_table_name: str, publish_mode: str
+    ) -> None:
+        """Databricks' publish preconditions, with the SDK's error types and what to do about each."""
+        from databricks.sdk.errors import InvalidParameterValue, InvalidState
+
+        spec = self._online_store.get_store(store_name)
+        if spec is None:
+            raise ValueError(
+                f"online_store {store_name!r} does not exist; create it with create_online_store"
+            )
+        state = _store_entity(spec).state
+        if state.value != "AVAILABLE":
+            raise InvalidState(
+                f"Online store {store_name!r} is {state.value}, not AVAILABLE: wait until "
+                f"fe.get_online_store(name={store_name!r}).state is AVAILABLE, then publish.",
+                error_code="INVALID_STATE",
+            )
+        if not self._tables.exists(source_table_name):
+            raise ValueError(f"source_table_name: feature table {source_table_name} does not exist")
+        if publish_mode in _CDF_MODES and not self._tables.change_data_feed(source_table_name):
+            raise InvalidParameterValue(
+                f"Change Data Feed (CDF) must be enabled on the source table {source_table_name} for "
+                f'publish_mode={publish_mode!r}. Enable it with spark.sql("ALTER TABLE {source_table_name} '
+                'SET TBLPROPERTIES (delta.enableChangeDataFeed = true)"), or publish with '
+                "publish_mode='SNAPSHOT'.",
+                error_code="INVALID_PARAMETER_VALUE",
+            )
 
     # Feature specs ------------------------------------------------------------------------------------------
     def create_feature_spec(

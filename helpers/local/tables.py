@@ -25,6 +25,15 @@ class SchemaMismatchError(ValueError):
     """Raised when written data does not match the table's columns or types."""
 
 
+class NotAFeatureTableError(ValueError):
+    """Raised when a feature-table method meets a plain Delta table (one without a primary key)."""
+
+
+CHANGE_DATA_FEED = "delta.enableChangeDataFeed"
+# The table properties the local ``ALTER TABLE ... SET TBLPROPERTIES`` accepts (what the notebooks set).
+SETTABLE_PROPERTIES = (CHANGE_DATA_FEED,)
+
+
 @dataclass(frozen=True)
 class TableMeta:
     """What Unity Catalog keeps about a feature table besides its data."""
@@ -61,12 +70,45 @@ class DeltaTables:
     def _meta_path(self, name: str) -> Path:
         return self.path(name).with_suffix(".feature_table.json")
 
+    def is_delta(self, name: str) -> bool:
+        """Whether ``name`` is a Delta table, a feature table or a plain one."""
+        return (self.path(name) / "_delta_log").is_dir()
+
     def exists(self, name: str) -> bool:
-        return (self.path(name) / "_delta_log").is_dir() and self._meta_path(name).exists()
+        """Whether ``name`` is a feature table (a Delta table with a primary key)."""
+        return self.is_delta(name) and self._meta_path(name).exists()
 
     def _require(self, name: str) -> None:
-        if not self.exists(name):
-            raise TableNotFoundError(f"table {name} does not exist; create it first with create_table")
+        if self.exists(name):
+            return
+        if self.is_delta(name):  # Databricks' words (databricks.ml_features.entities.feature_table)
+            raise NotAFeatureTableError(
+                f"Table {name} can't be used as a feature table because it has no primary key constraint "
+                "defined. Read it as a plain table with spark.table(name), or add a primary key with "
+                f"'ALTER TABLE {name} ADD CONSTRAINT pk PRIMARY KEY (key_column [,...])'."
+            )
+        raise TableNotFoundError(f"table {name} does not exist; create it first with create_table")
+
+    def any_delta(self, name: str) -> DeltaTable:
+        """Any Delta table, feature table or not (what ``spark.table`` reads)."""
+        if not self.is_delta(name):
+            raise TableNotFoundError(f"[TABLE_OR_VIEW_NOT_FOUND] The table or view {name} cannot be found.")
+        return DeltaTable(str(self.path(name)))
+
+    def properties(self, name: str) -> dict[str, str]:
+        return dict(self.any_delta(name).metadata().configuration)
+
+    def set_properties(self, name: str, properties: dict[str, str]) -> None:
+        """``ALTER TABLE ... SET TBLPROPERTIES``: a commit only when a value changes."""
+        _check_settable(properties)
+        current = self.properties(name)
+        changed = {k: v for k, v in properties.items() if current.get(k) != v}
+        if changed:
+            with self.lock(name):
+                self.any_delta(name).alter.set_table_properties(changed)
+
+    def change_data_feed(self, name: str) -> bool:
+        return self.properties(name).get(CHANGE_DATA_FEED, "false").lower() == "true"
 
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:
@@ -80,7 +122,15 @@ class DeltaTables:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def create(self, meta: TableMeta, data: pa.Table | None, schema: pa.Schema | None) -> None:
+    def create(
+        self,
+        meta: TableMeta,
+        data: pa.Table | None,
+        schema: pa.Schema | None,
+        properties: dict[str, str] | None = None,
+    ) -> None:
+        """Create the table; ``properties`` are table properties (``CREATE TABLE ... TBLPROPERTIES``)."""
+        _check_settable(properties or {})
         if self.exists(meta.name):
             raise ValueError(f"table {meta.name} already exists")
         if data is None and schema is None:
@@ -100,7 +150,7 @@ class DeltaTables:
                 data if data is not None else schema.empty_table(),
                 partition_by=meta.partition_columns or None,
                 description=meta.description,
-                configuration={"delta.enableChangeDataFeed": "true"},
+                configuration=properties or None,
             )
             tmp = self._meta_path(meta.name).with_suffix(".tmp")
             tmp.write_text(json.dumps(asdict(meta), indent=2))
@@ -122,6 +172,10 @@ class DeltaTables:
         if version is not None:
             table.load_as_version(version)
         return _plain_types(pa.table(table.to_pyarrow_dataset().to_table()))
+
+    def read_any(self, name: str) -> pa.Table:
+        """The rows of any Delta table, feature table or not."""
+        return _plain_types(pa.table(self.any_delta(name).to_pyarrow_dataset().to_table()))
 
     def version(self, name: str) -> int:
         return self.delta(name).version()
@@ -149,9 +203,20 @@ class DeltaTables:
 
     def drop(self, name: str) -> None:
         self._require(name)
+        self.drop_any(name)
+
+    def drop_any(self, name: str) -> None:
+        """Drop a Delta table, feature table or not (``DROP TABLE``)."""
+        self.any_delta(name)
         with self.lock(name):
-            self._meta_path(name).unlink()
+            self._meta_path(name).unlink(missing_ok=True)
             shutil.rmtree(self.path(name))
+
+
+def _check_settable(properties: dict[str, str]) -> None:
+    unknown = [k for k in properties if k not in SETTABLE_PROPERTIES]
+    if unknown:
+        raise ValueError(f"table properties {unknown} are not supported locally; use {SETTABLE_PROPERTIES}")
 
 
 def _conform(data: pa.Table, schema: pa.Schema, name: str) -> pa.Table:

@@ -41,15 +41,18 @@ from polling import process_gone, wait_for
 from sklearn.linear_model import LogisticRegression
 
 from helpers.local.feature_client import LocalFeatureEngineeringClient
+from helpers.local.frames import to_arrow
 from helpers.local.job_runner import KERNEL_DIED
 from helpers.local.online_store import OnlineStore
 from helpers.local.server.jobs_api import NOTEBOOKS_ROOT_ENV
 from helpers.local.server.process import ensure_server, read_info, stop_server
+from helpers.local.tables import TableMeta
 
 TABLE = "main.faults.customers"
 ONLINE = "main.faults.customers_online"
 MODEL = "main.faults.tiny_model"
 STORE = "fault-store"
+CDF_ON = {"delta.enableChangeDataFeed": "true"}
 WAIT = timedelta(minutes=3)
 # Enough rows that a publish or a merge lasts long enough to be caught mid-way, few enough to stay quick.
 ROWS = 100_000
@@ -124,7 +127,9 @@ def _assert_online_store_whole(state_dir: Path, fe: LocalFeatureEngineeringClien
 @pytest.fixture
 def fe(state_dir: Path) -> LocalFeatureEngineeringClient:
     client = LocalFeatureEngineeringClient(state_dir)
-    client.create_table(name=TABLE, primary_keys="customer_id", df=_rows(1))
+    # Created with the change data feed on (CREATE TABLE ... TBLPROPERTIES): TRIGGERED publishes need it,
+    # and version k of the table stays generation k + 1.
+    client._tables.create(TableMeta(TABLE, ["customer_id"]), to_arrow(_rows(1)), None, CDF_ON)
     return client
 
 
@@ -247,11 +252,8 @@ def _kill_server(workspace: Workspace) -> None:
 def _writer_job(w: WorkspaceClient, fe: LocalFeatureEngineeringClient) -> int:
     """Orders (generation 1) published, served by a Feature Serving endpoint; a job that writes them."""
     ids = pd.Series(ORDER_IDS, dtype="int64")
-    fe.create_table(
-        name=ORDERS,
-        primary_keys="order_id",
-        df=pd.DataFrame({"order_id": ids, "spend": ids * 1.0, "generation": 1}),
-    )
+    orders = pd.DataFrame({"order_id": ids, "spend": ids * 1.0, "generation": 1})
+    fe._tables.create(TableMeta(ORDERS, ["order_id"]), to_arrow(orders), None, CDF_ON)
     store = fe.create_online_store(name=STORE, capacity="CU_1")
     fe.publish_table(online_store=store, source_table_name=ORDERS, online_table_name=ORDERS_ONLINE)
     fe.create_feature_spec(
@@ -336,7 +338,10 @@ def test_a_job_whose_kernel_dies_fails_with_a_message(workspace: Workspace) -> N
 
     assert run.state.life_cycle_state == jobs.RunLifeCycleState.TERMINATED
     assert run.state.result_state == jobs.RunResultState.FAILED
-    assert run.state.state_message == f"Task crash failed with message: {KERNEL_DIED}"
+    assert (
+        run.state.state_message
+        == "Task crash failed with message: Workload failed, see run output for details"
+    )
     assert w.jobs.get_run_output(run.tasks[0].run_id).error == KERNEL_DIED
 
 

@@ -89,6 +89,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
         infer_input_example=True,
     )
     store = fe.create_online_store(name="store", capacity="CU_1")
+    fe._tables.set_properties("main.s.cf", {"delta.enableChangeDataFeed": "true"})
     fe.publish_table(online_store=store, source_table_name="main.s.cf", online_table_name="main.s.cf_online")
     yield state, fe, info.registered_model_version
     patch.undo()
@@ -126,6 +127,14 @@ def test_endpoint_looks_features_up_online(registered) -> None:
 
         with pytest.raises(BadRequest, match="amount"):
             w.serving_endpoints.query("spend", dataframe_records=[{"customer_id": 1}])
+
+        # No online table, no offline fallback (as on Databricks): the request fails naming the table.
+        fe.drop_online_table("main.s.cf_online", store)
+        with pytest.raises(BadRequest, match=r"main\.s\.cf is not published.*fe\.publish_table"):
+            w.serving_endpoints.query("spend", dataframe_records=rows[:1])
+        fe.publish_table(
+            online_store=store, source_table_name="main.s.cf", online_table_name="main.s.cf_online"
+        )
 
 
 def _free_port() -> int:

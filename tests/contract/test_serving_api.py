@@ -94,6 +94,7 @@ def _publish_features(state_dir: Path) -> None:
     fe = _FeatureClient(state_dir)
     data = pa.table({"customer_id": [1, 2, 3], "age": [25, 41, 67], "segment": ["new", "regular", "vip"]})
     fe._tables.create(TableMeta(CUSTOMERS, ["customer_id"]), data, None)
+    fe._tables.set_properties(CUSTOMERS, {"delta.enableChangeDataFeed": "true"})
     fe._functions.create(
         "main.default.is_senior", {"age": "INT"}, "BOOLEAN", "return None if age is None else age >= 65"
     )

@@ -210,7 +210,15 @@ def test_logged_model_looks_its_features_up(fe) -> None:
     client.set_registered_model_alias("main.s.clf", "champion", info.registered_model_version)
     uri = "models:/main.s.clf@champion"
 
-    # Given only keys and request-time values, the registered model predicts (features come from the table).
+    # Given only keys and request-time values, the registered model predicts: features come from the online
+    # store (published; as on Databricks a served model has no offline fallback).
+    store = fe.create_online_store(name="store", capacity="CU_1")
+    fe.publish_table(
+        online_store=store,
+        source_table_name="main.s.cf",
+        online_table_name="main.s.cf_online",
+        publish_mode="SNAPSHOT",
+    )
     request = pd.DataFrame({"customer_id": [1, 2], "amount": [3.0, 60.0]})
     predicted = mlflow.pyfunc.load_model(uri).predict(request)
     expected = model.predict(pd.DataFrame({"amount": [3.0, 60.0], "spend": [30.0, 5.0]}))

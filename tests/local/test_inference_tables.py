@@ -45,13 +45,13 @@ def test_close_writes_every_buffered_row_with_databricks_columns(state_dir: Path
     logger = PayloadLogger(state_dir, flush_seconds=3600, max_rows=10_000)  # only close() writes
     for i in range(25):
         logger.log(TABLE, _row(i))
-    assert not DeltaTables(state_dir).exists(TABLE)
+    assert not DeltaTables(state_dir).is_delta(TABLE)
 
     logger.close()
 
-    table = DeltaTables(state_dir).read(TABLE)
+    table = DeltaTables(state_dir).read_any(TABLE)
     assert table.num_rows == 25 and table.schema.names == PAYLOAD_SCHEMA.names
-    assert DeltaTables(state_dir).meta(TABLE).primary_keys == ["databricks_request_id"]
+    assert not DeltaTables(state_dir).exists(TABLE), "a plain table: no primary key, not a feature table"
     assert table.column("request_date").to_pylist()[0].isoformat() == "2026-01-02"
 
 
@@ -60,11 +60,11 @@ def test_a_full_batch_is_written_without_waiting_for_the_timer(state_dir: Path) 
     for i in range(5):
         logger.log(TABLE, _row(i))
     deadline = time.monotonic() + 60  # a bound for a loaded machine, not a measurement
-    while not DeltaTables(state_dir).exists(TABLE) and time.monotonic() < deadline:
+    while not DeltaTables(state_dir).is_delta(TABLE) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert DeltaTables(state_dir).exists(TABLE)
+    assert DeltaTables(state_dir).is_delta(TABLE)
     logger.close()
-    assert DeltaTables(state_dir).read(TABLE).num_rows == 5
+    assert DeltaTables(state_dir).read_any(TABLE).num_rows == 5
 
 
 def test_rows_wait_while_their_table_cannot_be_written(state_dir: Path) -> None:
@@ -76,7 +76,7 @@ def test_rows_wait_while_their_table_cannot_be_written(state_dir: Path) -> None:
 
     tables.drop(TABLE)
     logger.close()
-    assert tables.read(TABLE).column("databricks_request_id").to_pylist() == ["id-1"]
+    assert tables.read_any(TABLE).column("databricks_request_id").to_pylist() == ["id-1"]
 
 
 def test_rows_are_built_when_written_with_databricks_values() -> None:

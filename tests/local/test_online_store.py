@@ -92,7 +92,8 @@ def test_timeseries_table_keeps_the_newest_row_per_key(tables: DeltaTables, stor
 def test_republish_after_a_merge_writes_only_the_changed_rows(
     tables: DeltaTables, store: OnlineStore, state_dir: Path
 ) -> None:
-    tables.create(TableMeta(CUSTOMERS, ["customer_id"]), customers(list(range(1, 1001))), None)
+    cdf = {"delta.enableChangeDataFeed": "true"}  # what TRIGGERED publishes need (publish_table checks it)
+    tables.create(TableMeta(CUSTOMERS, ["customer_id"]), customers(list(range(1, 1001))), None, cdf)
     store.publish(CUSTOMERS, ONLINE, tables)
     # Mark an untouched row in the online copy: an incremental publish must leave it alone.
     with sqlite3.connect(state_dir / "online.db") as db:

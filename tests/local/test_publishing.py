@@ -33,6 +33,7 @@ def client(state_dir: Path) -> Client:
     client = Client(state_dir)
     data = pa.table({"customer_id": [1, 2], "age": [30, 70], "segment": ["a", "b"]})
     client._tables.create(TableMeta(CUSTOMERS, ["customer_id"]), data, None)
+    client._tables.set_properties(CUSTOMERS, {"delta.enableChangeDataFeed": "true"})
     client._functions.create("main.test.is_senior", {"age": "INT"}, "BOOLEAN", "return age >= 65")
     return client
 

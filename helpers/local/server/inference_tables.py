@@ -9,7 +9,6 @@ A clean stop loses nothing; a crash (SIGKILL, power loss) loses at most the rows
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -23,7 +22,7 @@ import pyarrow.compute as pc
 from deltalake import write_deltalake
 
 from helpers.local.server.errors import bad_request
-from helpers.local.tables import DeltaTables, TableMeta
+from helpers.local.tables import DeltaTables
 from helpers.names import validate_identifier
 
 log = logging.getLogger(__name__)
@@ -248,12 +247,7 @@ class PayloadLogger:
             self.flush()
 
     def _append(self, table: str, rows: list[PayloadEvent]) -> None:
-        if not self._tables.exists(table):
-            meta = TableMeta(
-                table, ["databricks_request_id"], description="Inference table (payload log) of an endpoint"
-            )
-            with contextlib.suppress(ValueError):  # created meanwhile by another writer
-                self._tables.create(meta, None, PAYLOAD_SCHEMA)
+        # A plain Delta table, as on Databricks: no primary key, not a feature table (spark.table reads it).
         data = payload_table(rows)
         with self._tables.lock(table):
             write_deltalake(str(self._tables.path(table)), data, mode="append")
