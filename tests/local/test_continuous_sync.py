@@ -33,7 +33,8 @@ def client(state_dir: Path) -> Iterator[Client]:
     client = Client(state_dir)
     for name in (LIVE, BATCH):
         data = pa.table({"customer_id": [1, 2, 3], "score": [0.1, 0.2, 0.3]})
-        client._tables.create(TableMeta(name, ["customer_id"]), data, None)
+        cdf = {"delta.enableChangeDataFeed": "true"}  # TRIGGERED and CONTINUOUS need it, as on Databricks
+        client._tables.create(TableMeta(name, ["customer_id"]), data, None, properties=cdf)
     client.create_online_store(name="store", capacity="CU_1")
     yield client
     pid = continuous_sync.running_pid(state_dir)
