@@ -5,6 +5,7 @@ Notebooks call these functions and the real Databricks APIs; everything backend-
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from datetime import timedelta
@@ -34,15 +35,35 @@ def _widget_values(names: list[str]) -> dict[str, str]:
     return values
 
 
+def _apply_widgets(namespace: dict[str, Any]) -> dict[str, str]:
+    """Set the notebook's parameters from widgets of the same name (a job task's parameters are widgets).
+
+    Every plain value (str, int, float, bool, None) of the calling notebook is a candidate; a widget's text
+    is converted to the type of the notebook's value. Returns the widgets found.
+    """
+    from helpers.local.notebook_io import coerce_like
+
+    plain = (str, int, float, bool, type(None))
+    names = [n for n, v in namespace.items() if not n.startswith("_") and isinstance(v, plain)]
+    found = _widget_values(names)
+    for name, text in found.items():
+        current = namespace[name]
+        namespace[name] = text if current is None else coerce_like(current, text, name)
+    return found
+
+
 def settings(**overrides: Any) -> Settings:
     """Resolve settings (notebook parameters win over ``HELPERS_*`` variables) and remember them.
 
-    On Databricks, a widget of the same name (set by a job's task parameters) wins over the notebook's value.
+    On a Databricks cluster, a widget (set by a job's task parameters) wins over the notebook's value of the
+    same name: every parameter of the calling notebook is set from its widget here, first.
     """
     global _current
     _current = get_settings(**overrides)
-    if _current.backend == "databricks":
-        _current = get_settings(**{**overrides, **_widget_values(list(overrides))})
+    if _current.backend == "databricks" and os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+        caller = inspect.currentframe().f_back  # type: ignore[union-attr]
+        widgets = _apply_widgets(caller.f_globals) if caller else {}
+        _current = get_settings(**{**overrides, **{k: v for k, v in widgets.items() if k in overrides}})
     if _current.backend == "local":
         _current.state_dir.mkdir(parents=True, exist_ok=True)
         os.environ["HELPERS_STATE_DIR"] = str(_current.state_dir)  # child processes share the same state
