@@ -143,11 +143,34 @@ def notebook_task_path(relative: str) -> str:
     if path.suffix == ".ipynb":
         path = path.with_suffix("")
     if current_settings().backend == "databricks":
-        root = PurePosixPath(PROJECT_ROOT.as_posix())
+        root = repository_root(_current_notebook_path()) or PurePosixPath(PROJECT_ROOT.as_posix())
         if root.parts[:2] == ("/", "Workspace"):
             root = PurePosixPath("/", *root.parts[2:])
         return str(root / path)
     return path.as_posix()
+
+
+def repository_root(notebook_path: str) -> PurePosixPath | None:
+    """The repository's workspace folder: the one above the ``notebooks`` folder of a running notebook.
+
+    ``helpers`` may come from the bundle's wheel (site-packages), so its own location does not say where the
+    notebooks are; the running notebook's path does (a Git folder, or a bundle's ``.../files``).
+    """
+    parts = PurePosixPath(notebook_path).parts
+    if "notebooks" not in parts[:-1]:
+        return None
+    last = len(parts) - 1 - parts[::-1].index("notebooks")
+    return PurePosixPath(*parts[:last])
+
+
+def _current_notebook_path() -> str:
+    """The workspace path of the notebook running on this cluster ("" off a cluster)."""
+    if not os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+        return ""
+    from databricks.sdk.runtime import dbutils
+
+    context = dbutils.notebook.entry_point.getDbutils().notebook().getContext()
+    return str(context.notebookPath().get())
 
 
 def to_pandas(df: Any) -> pd.DataFrame:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -80,3 +80,38 @@ def test_a_parameter_read_before_settings_is_reported(tmp_path: Path, monkeypatc
     notebook["cells"][1], notebook["cells"][2] = notebook["cells"][2], notebook["cells"][1]
     path.write_text(json.dumps(notebook))
     assert list(check_databricks.widget_problems(path)) == []
+
+
+@pytest.mark.parametrize(
+    ("notebook", "root"),
+    [
+        (
+            "/Users/me@x.com/serving-architectures/notebooks/05_async_job_pattern",
+            "/Users/me@x.com/serving-architectures",
+        ),
+        (
+            "/Users/me@x.com/.bundle/serving-architectures/dev/files/notebooks/05_x",
+            "/Users/me@x.com/.bundle/serving-architectures/dev/files",
+        ),
+        ("/Users/me@x.com/scratch/05_async_job_pattern", None),
+    ],
+)
+def test_job_notebooks_are_found_next_to_the_running_notebook(notebook: str, root: str | None) -> None:
+    """The bundle's jobs import helpers from the wheel: the notebook's own path locates the repository."""
+    from helpers.platform import repository_root
+
+    assert repository_root(notebook) == (None if root is None else PurePosixPath(root))
+
+
+def test_widgets_set_every_plain_parameter_of_the_notebook(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a job task's parameters do on Databricks: each widget sets the notebook variable of its name."""
+    from helpers import platform
+
+    widgets = {"n_queries": "20", "alias": "challenger", "catalog": "dev", "dry_run": "true"}
+    monkeypatch.setattr(
+        platform, "_widget_values", lambda names: {n: widgets[n] for n in names if n in widgets}
+    )
+    namespace = {"n_queries": 200, "alias": "champion", "catalog": None, "dry_run": False, "fe": object()}
+    assert platform._apply_widgets(namespace) == widgets
+    assert namespace["n_queries"] == 20 and namespace["alias"] == "challenger"
+    assert namespace["catalog"] == "dev" and namespace["dry_run"] is True
