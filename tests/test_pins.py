@@ -62,3 +62,14 @@ def test_the_twin_stays_out_of_the_core_dependencies() -> None:
     twin = {"pyspark", "fastapi", "uvicorn", "uvloop", "httptools", "streamlit", "deltalake", "duckdb"}
     twin |= {"papermill", "jupyter", "ipykernel", "psutil", "nbval"}
     assert not twin & set(CORE), f"twin dependencies in the core: {sorted(twin & set(CORE))}"
+
+
+def test_the_cluster_requirements_are_what_the_runtime_lacks() -> None:
+    """requirements-databricks.txt (a Git folder's cluster library) = the wheel's additions to the runtime."""
+    lines = (PROJECT_ROOT / "requirements-databricks.txt").read_text().splitlines()
+    wanted = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+    assert {r.name for r in wanted} == set(OVER) | set(RUNTIME["not_in_runtime"])
+    for requirement in wanted:
+        assert str(requirement) == str(CORE[requirement.name]), (
+            f"{requirement} vs pyproject {CORE[requirement.name]}"
+        )
