@@ -6,8 +6,10 @@ Notebooks call these functions and the real Databricks APIs; everything backend-
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -74,7 +76,15 @@ def current_settings() -> Settings:
     return _current or settings()
 
 
+# The demo's and a validated source's integer columns have no missing values, the case MLflow's hint (MLflow
+# 3.8, the runtime's) warns about at every signature inferred from them; on both backends.
+warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column", UserWarning)
+
+
 def _local_mlflow(state_dir: Path) -> None:
+    # The sqlite store logs its schema migrations at INFO in every process (no such store on Databricks).
+    for logger in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(logger).setLevel(logging.WARNING)
     uri = f"sqlite:///{state_dir / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
