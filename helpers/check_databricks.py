@@ -65,7 +65,8 @@ def sdk_job() -> dict[str, Any]:
     from helpers import jobs
 
     cfg = get_settings()
-    parameters = {p["name"]: p["default"] for p in bundle()["resources"]["jobs"][cfg.job_name]["parameters"]}
+    (job,) = [job for job in bundle()["resources"]["jobs"].values() if job["name"] == "${var.job_name}"]
+    parameters = {p["name"]: p["default"] for p in job["parameters"]}
     path = f"/Users/someone@example.com/serving-architectures/notebooks/jobs/{cfg.job_name}"
     return jobs.job_settings(cfg.job_name, path, parameters, compute=jobs.job_compute(cfg)).as_dict()
 
