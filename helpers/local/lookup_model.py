@@ -92,14 +92,17 @@ class FeatureLookupModel(mlflow.pyfunc.PythonModel):
         return self.raw_model.predict(features[self.spec.model_input_columns], params=params)
 
 
-def _save_raw_model(
-    model: Any, flavor: ModuleType, path: Path, flavor_kwargs: dict[str, Any], features: pd.DataFrame | None
-) -> None:
+def _save_raw_model(model: Any, flavor: ModuleType, path: Path, flavor_kwargs: dict[str, Any]) -> None:
     if flavor is mlflow.pyfunc:
-        if features is not None and "signature" not in flavor_kwargs:  # else MLflow tries the type hints
-            output = model.predict(None, features)
-            flavor_kwargs = {**flavor_kwargs, "signature": mlflow.models.infer_signature(features, output)}
-        mlflow.pyfunc.save_model(path=str(path), python_model=model, **flavor_kwargs)
+        # The wrapped model carries no signature (the wrapper has one); MLflow 3.8 would warn that the
+        # predict type hints give none.
+        pyfunc_log = logging.getLogger("mlflow.pyfunc")
+        level = pyfunc_log.level
+        pyfunc_log.setLevel(logging.ERROR)
+        try:
+            mlflow.pyfunc.save_model(path=str(path), python_model=model, **flavor_kwargs)
+        finally:
+            pyfunc_log.setLevel(level)
     else:
         flavor.save_model(model, path=str(path), **flavor_kwargs)
 
@@ -119,12 +122,12 @@ def log_lookup_model(
     spec: FeatureSpec = training_set.feature_spec
     with tempfile.TemporaryDirectory() as tmp:
         raw_path, spec_path = Path(tmp) / "raw_model", Path(tmp) / "feature_spec.json"
-        features = training_set.load_df().head(5)[spec.model_input_columns] if infer_input_example else None
-        _save_raw_model(model, flavor, raw_path, flavor_kwargs, features)
+        _save_raw_model(model, flavor, raw_path, flavor_kwargs)
         spec.save(spec_path)
         signature = input_example = None
-        if features is not None:
+        if infer_input_example:
             input_example = training_set.input_example(5)
+            features = training_set.load_df().head(5)[spec.model_input_columns]
             output = mlflow.pyfunc.load_model(str(raw_path)).predict(features)
             signature = mlflow.models.infer_signature(input_example, output)
         # The wrapper needs what the raw model needs; naming it skips MLflow's slow requirement inference.
