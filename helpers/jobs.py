@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from databricks.sdk import WorkspaceClient
-from databricks.sdk.service.compute import ClusterSpec, DataSecurityMode
+from databricks.sdk.service.compute import ClusterSpec, DataSecurityMode, Library
 from databricks.sdk.service.jobs import (
     JobCluster,
     JobParameterDefinition,
@@ -34,6 +34,8 @@ from helpers.names import validate_identifier
 
 SETTINGS_TAG = "settings_fingerprint"
 JOB_CLUSTER_KEY = "job_cluster"
+# What the runtime lacks (the pinned feature engineering client, pandera), for a job of a Git folder.
+CLUSTER_REQUIREMENTS = "requirements-databricks.txt"
 # How far a run has come, for the progress bar: queued, pending (compute starting), running, done.
 _STAGE = {
     RunLifeCycleState.QUEUED: 0,
@@ -75,6 +77,17 @@ def job_compute(cfg: Settings | None = None) -> JobCluster:
     )
 
 
+def cluster_libraries() -> list[Library]:
+    """The task libraries that bring the project's pins the runtime lacks (``requirements-databricks.txt``).
+
+    A bundle job installs the ``helpers`` wheel instead, which requires the same.
+    """
+    path = platform.notebook_task_path(CLUSTER_REQUIREMENTS)
+    if path.startswith("/") and not path.startswith("/Workspace/"):
+        path = f"/Workspace{path}"  # a workspace file, as a library path names it
+    return [Library(requirements=path)]
+
+
 def job_settings(
     name: str,
     notebook_path: str,
@@ -101,6 +114,7 @@ def job_settings(
                 task_key=task_key,
                 job_cluster_key=cluster.job_cluster_key,
                 notebook_task=NotebookTask(notebook_path=notebook_path, source=Source.WORKSPACE),
+                libraries=cluster_libraries(),
                 timeout_seconds=timeout_seconds,
             )
         ],

@@ -57,6 +57,8 @@ def test_the_sdk_job_runs_on_the_bundle_s_compute() -> None:
     sdk = check_databricks.sdk_job()
     assert sdk["job_clusters"] == [bundle_cluster]
     assert {t["job_cluster_key"] for t in sdk["tasks"]} == {bundle_cluster["job_cluster_key"]}
+    # and the pins the runtime lacks, as the bundle's tasks get them with the helpers wheel
+    assert all(t["libraries"] == [{"requirements": jobs.CLUSTER_REQUIREMENTS}] for t in sdk["tasks"])
     other = copy.deepcopy(bundle_cluster)
     other["new_cluster"]["node_type_id"] = "m5.large"
     assert other != jobs.job_compute(get_settings()).as_dict()
