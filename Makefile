@@ -11,14 +11,14 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 RUN_DIR := .workspace/executed
 APP_PORT ?= 8501
 
-.PHONY: install run test smoke lint bench soak app stop clean docs
+.PHONY: install run test smoke lint check-databricks bench soak app stop clean docs
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --progress-bar off -e '.[dev]'
+	$(PY) -m pip install --quiet --progress-bar off -e '.[local,dev]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -29,8 +29,11 @@ test: $(INSTALL)  ## the test suite (small sizes), including notebook smoke runs
 	$(PY) -m pytest -q
 
 smoke: $(INSTALL)  ## the quick subset: features, model and its endpoint (00, 01, 03), teardown, bundle, settings
-	$(PY) -m pytest -q tests/test_bundle.py tests/test_config.py tests/test_notebooks.py \
+	$(PY) -m pytest -q tests/test_bundle.py tests/test_config.py tests/test_check_databricks.py tests/test_notebooks.py \
 		-k "not test_notebook_runs or setup_feature_tables or train_and_register or sync_serving_with_lookups"
+
+check-databricks: $(INSTALL)  ## the bundle and notebook 05's SDK job through Databricks' typed bundle models, runtimes, widgets
+	$(PY) -m helpers.check_databricks
 
 lint: $(INSTALL)
 	$(VENV)/bin/ruff check helpers tests app benchmarks docs

@@ -1,12 +1,19 @@
 """One settings object for every notebook, test, server and job.
 
 Precedence, highest first: explicit arguments (papermill parameters), environment variables
-(``HELPERS_<FIELD>``), the variables' defaults in ``project.yml`` at the project root (the same file the
-Databricks Asset Bundle includes), then the defaults below (the demo's).
+(``HELPERS_<FIELD>``), the variables' defaults in ``helpers/project.yml`` (the same file the Databricks Asset
+Bundle includes; it travels inside the package, so a job cluster that installs the wheel reads the same names
+and column mapping), then the defaults below (the demo's).
+
+The backend: ``HELPERS_BACKEND=databricks|local`` when set; otherwise Databricks on a Databricks cluster
+(``DATABRICKS_RUNTIME_VERSION``) and local everywhere else. Off a cluster, Databricks needs a workspace to
+talk to: ``DATABRICKS_HOST``, or a profile of the Databricks CLI config (``DATABRICKS_CONFIG_PROFILE``, else
+its ``DEFAULT`` profile), as Databricks Connect and the SDK resolve it.
 """
 
 from __future__ import annotations
 
+import configparser
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -15,13 +22,57 @@ from typing import Any, Literal
 import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PROJECT_FILE = PROJECT_ROOT / "project.yml"
+PROJECT_FILE = Path(__file__).resolve().parent / "project.yml"  # package data: in the wheel too
 Backend = Literal["local", "databricks"]
+BACKENDS: tuple[Backend, ...] = ("local", "databricks")
+
+
+class WorkspaceNotConfigured(RuntimeError):
+    """The Databricks backend was asked for off a cluster, and no workspace host or CLI profile resolves."""
 
 
 def detect_backend() -> Backend:
-    """Databricks when running on a Databricks cluster, local everywhere else."""
-    return "databricks" if os.environ.get("DATABRICKS_RUNTIME_VERSION") else "local"
+    """``HELPERS_BACKEND`` when set, else Databricks on a Databricks cluster and local everywhere else.
+
+    Choosing Databricks off a cluster checks at once that a workspace resolves (:func:`workspace_target`).
+    """
+    choice = os.environ.get("HELPERS_BACKEND", "").strip().lower()
+    if choice and choice not in BACKENDS:
+        raise ValueError(f"HELPERS_BACKEND must be 'local' or 'databricks', got {choice!r}")
+    on_cluster = bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
+    backend: Backend = "databricks" if choice == "databricks" or (not choice and on_cluster) else "local"
+    if backend == "databricks" and not on_cluster:
+        workspace_target()
+    return backend
+
+
+def workspace_target() -> str:
+    """The workspace the Databricks backend talks to off a cluster, as the SDK and Databricks Connect find it.
+
+    ``DATABRICKS_HOST`` wins; else the profile ``DATABRICKS_CONFIG_PROFILE`` names (``DEFAULT`` when unset)
+    in the CLI config file (``DATABRICKS_CONFIG_FILE``, default ``~/.databrickscfg``), with its ``host``.
+    Raises :class:`WorkspaceNotConfigured` saying what to set.
+    """
+    if os.environ.get("DATABRICKS_HOST"):
+        return f"host {os.environ['DATABRICKS_HOST']} (DATABRICKS_HOST)"
+    path = Path(os.environ.get("DATABRICKS_CONFIG_FILE") or "~/.databrickscfg").expanduser()
+    named = os.environ.get("DATABRICKS_CONFIG_PROFILE", "")
+    profile = named or "DEFAULT"
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(path)
+    except configparser.Error as error:
+        raise WorkspaceNotConfigured(f"{path} is not a valid Databricks config file: {error}") from None
+    host = parser[profile].get("host") if parser.has_section(profile) or profile == "DEFAULT" else None
+    if host:
+        return f"profile {profile} of {path} (host {host})"
+    what = f"profile {profile!r} (DATABRICKS_CONFIG_PROFILE)" if named else "a DEFAULT profile"
+    raise WorkspaceNotConfigured(
+        f"HELPERS_BACKEND=databricks, but no Databricks workspace is configured: no DATABRICKS_HOST and "
+        f"{path} has no {what} with a host. Run `databricks auth login --host <workspace url> --profile "
+        f"<name>` and set DATABRICKS_CONFIG_PROFILE=<name> (or set DATABRICKS_HOST and DATABRICKS_TOKEN), "
+        f"or unset HELPERS_BACKEND to run on the local twin."
+    )
 
 
 @dataclass(frozen=True)
@@ -54,6 +105,9 @@ class Settings:
     ratio_feature: str = "amount/avg_amount_30d"  # an on-demand UDF feature "<request column>/<feature>"
     features_table: str = "customer_features"
     events_table: str = "transactions"
+    # The compute of the project's jobs on Databricks (helpers.jobs.job_compute and the bundle's jobs).
+    spark_version: str = "18.0.x-cpu-ml-scala2.13"  # Databricks Runtime 18 LTS ML
+    node_type_id: str = "i3.xlarge"
     # Sizes of the demo data.
     n_customers: int = 2_000
     n_transactions: int = 20_000
@@ -92,7 +146,7 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
             raise ValueError(f"setting {name!r} must be a list of column names, got {value!r}")
         return tuple(item.strip() for item in items if item.strip())
-    if kind == "Backend" and value not in ("local", "databricks"):
+    if kind == "Backend" and value not in BACKENDS:
         raise ValueError(f"setting 'backend' must be 'local' or 'databricks', got {value!r}")
     if kind == "str" and not isinstance(value, str):
         raise ValueError(f"setting {name!r} must be a string, got {value!r}")
@@ -100,9 +154,15 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 def project_settings(path: Path = PROJECT_FILE) -> dict[str, Any]:
-    """The defaults of the bundle variables in ``project.yml`` that are settings (empty without the file)."""
+    """The defaults of the bundle variables in ``project.yml`` that are settings.
+
+    A missing file is an error, never a silent fall back to the demo's names and column mapping.
+    """
     if not path.is_file():
-        return {}
+        raise FileNotFoundError(
+            f"{path} is missing: it names this project's tables, models, endpoints and columns. Restore it "
+            "(git checkout helpers/project.yml), or reinstall the package (its wheel carries it)."
+        )
     try:
         variables = (yaml.safe_load(path.read_text()) or {}).get("variables") or {}
     except yaml.YAMLError as error:
@@ -125,7 +185,7 @@ def get_settings(**overrides: Any) -> Settings:
     if unknown:
         raise TypeError(f"unknown setting(s): {sorted(unknown)}; known: {sorted(known)}")
     values: dict[str, Any] = {"backend": detect_backend(), **project_settings()}
-    for name in known:
+    for name in known - {"backend"}:  # HELPERS_BACKEND: detect_backend()
         env = os.environ.get(_ENV_PREFIX + name.upper())
         if env not in (None, ""):
             values[name] = _coerce(name, env)

@@ -14,7 +14,9 @@ from datetime import timedelta
 from typing import Any
 
 from databricks.sdk import WorkspaceClient
+from databricks.sdk.service.compute import ClusterSpec, DataSecurityMode, Library
 from databricks.sdk.service.jobs import (
+    JobCluster,
     JobParameterDefinition,
     JobSettings,
     NotebookTask,
@@ -27,9 +29,13 @@ from databricks.sdk.service.jobs import (
 )
 
 from helpers import platform
+from helpers.config import Settings
 from helpers.names import validate_identifier
 
 SETTINGS_TAG = "settings_fingerprint"
+JOB_CLUSTER_KEY = "job_cluster"
+# What the runtime lacks (the pinned feature engineering client, pandera), for a job of a Git folder.
+CLUSTER_REQUIREMENTS = "requirements-databricks.txt"
 # How far a run has come, for the progress bar: queued, pending (compute starting), running, done.
 _STAGE = {
     RunLifeCycleState.QUEUED: 0,
@@ -49,8 +55,40 @@ def job_notebook_path(name: str) -> str:
     return platform.notebook_task_path(f"notebooks/jobs/{name}")
 
 
-def create_or_update_job(
-    w: WorkspaceClient,
+def job_compute(cfg: Settings | None = None) -> JobCluster:
+    """The job cluster every job of this project runs on: single node, the target Databricks Runtime ML.
+
+    ``spark_version`` and ``node_type_id`` come from the settings (``helpers/project.yml``), the variables the
+    bundle's jobs use, so a job created here and one deployed with ``databricks bundle deploy`` run on the
+    same compute (``make check-databricks`` compares them). Dedicated (single user) access mode: Unity
+    Catalog, feature lookups and online stores work on it.
+    """
+    cfg = cfg or platform.current_settings()
+    return JobCluster(
+        job_cluster_key=JOB_CLUSTER_KEY,
+        new_cluster=ClusterSpec(
+            spark_version=cfg.spark_version,
+            node_type_id=cfg.node_type_id,
+            num_workers=0,
+            data_security_mode=DataSecurityMode.SINGLE_USER,
+            spark_conf={"spark.databricks.cluster.profile": "singleNode", "spark.master": "local[*, 4]"},
+            custom_tags={"ResourceClass": "SingleNode"},
+        ),
+    )
+
+
+def cluster_libraries() -> list[Library]:
+    """The task libraries that bring the project's pins the runtime lacks (``requirements-databricks.txt``).
+
+    A bundle job installs the ``helpers`` wheel instead, which requires the same.
+    """
+    path = platform.notebook_task_path(CLUSTER_REQUIREMENTS)
+    if path.startswith("/") and not path.startswith("/Workspace/"):
+        path = f"/Workspace{path}"  # a workspace file, as a library path names it
+    return [Library(requirements=path)]
+
+
+def job_settings(
     name: str,
     notebook_path: str,
     parameters: Mapping[str, str],
@@ -59,27 +97,49 @@ def create_or_update_job(
     max_concurrent_runs: int = 10,
     timeout_seconds: int = 3600,
     task_key: str = "main",
-) -> int:
-    """The id of the one-notebook job called ``name``: created, reused as is, or reset to these settings.
+    compute: JobCluster | None = None,
+) -> JobSettings:
+    """The definition of a one-notebook job on :func:`job_compute`, as ``w.jobs.create`` takes it.
 
     ``parameters`` are the job parameters and their defaults (``{{job.run_id}}`` and other dynamic value
     references are resolved when a run starts). Runs beyond ``max_concurrent_runs`` wait in the queue.
-    A tag holds a fingerprint of the settings, so an unchanged job is found without rewriting it.
     """
-    settings: dict[str, Any] = {
-        "name": name,
-        "description": description,
-        "tasks": [
+    cluster = compute or job_compute()
+    return JobSettings(
+        name=name,
+        description=description,
+        job_clusters=[cluster],
+        tasks=[
             Task(
                 task_key=task_key,
+                job_cluster_key=cluster.job_cluster_key,
                 notebook_task=NotebookTask(notebook_path=notebook_path, source=Source.WORKSPACE),
+                libraries=cluster_libraries(),
                 timeout_seconds=timeout_seconds,
             )
         ],
-        "parameters": [JobParameterDefinition(name=k, default=str(v)) for k, v in parameters.items()],
-        "max_concurrent_runs": max_concurrent_runs,
-        "timeout_seconds": timeout_seconds,
-        "queue": QueueSettings(enabled=True),
+        parameters=[JobParameterDefinition(name=k, default=str(v)) for k, v in parameters.items()],
+        max_concurrent_runs=max_concurrent_runs,
+        timeout_seconds=timeout_seconds,
+        queue=QueueSettings(enabled=True),
+    )
+
+
+def create_or_update_job(
+    w: WorkspaceClient,
+    name: str,
+    notebook_path: str,
+    parameters: Mapping[str, str],
+    **options: Any,
+) -> int:
+    """The id of the one-notebook job called ``name``: created, reused as is, or reset to these settings.
+
+    The job is :func:`job_settings` (``options`` are its keyword arguments). A tag holds a fingerprint of the
+    settings, so an unchanged job is found without rewriting it.
+    """
+    definition = job_settings(name, notebook_path, parameters, **options)
+    settings: dict[str, Any] = {
+        key: getattr(definition, key) for key in definition.as_dict() if getattr(definition, key) is not None
     }
     fingerprint = hashlib.sha256(
         json.dumps(JobSettings(**settings).as_dict(), sort_keys=True).encode()

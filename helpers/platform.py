@@ -5,8 +5,11 @@ Notebooks call these functions and the real Databricks APIs; everything backend-
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -34,15 +37,35 @@ def _widget_values(names: list[str]) -> dict[str, str]:
     return values
 
 
+def _apply_widgets(namespace: dict[str, Any]) -> dict[str, str]:
+    """Set the notebook's parameters from widgets of the same name (a job task's parameters are widgets).
+
+    Every plain value (str, int, float, bool, None) of the calling notebook is a candidate; a widget's text
+    is converted to the type of the notebook's value. Returns the widgets found.
+    """
+    from helpers.local.notebook_io import coerce_like
+
+    plain = (str, int, float, bool, type(None))
+    names = [n for n, v in namespace.items() if not n.startswith("_") and isinstance(v, plain)]
+    found = _widget_values(names)
+    for name, text in found.items():
+        current = namespace[name]
+        namespace[name] = text if current is None else coerce_like(current, text, name)
+    return found
+
+
 def settings(**overrides: Any) -> Settings:
     """Resolve settings (notebook parameters win over ``HELPERS_*`` variables) and remember them.
 
-    On Databricks, a widget of the same name (set by a job's task parameters) wins over the notebook's value.
+    On a Databricks cluster, a widget (set by a job's task parameters) wins over the notebook's value of the
+    same name: every parameter of the calling notebook is set from its widget here, first.
     """
     global _current
     _current = get_settings(**overrides)
-    if _current.backend == "databricks":
-        _current = get_settings(**{**overrides, **_widget_values(list(overrides))})
+    if _current.backend == "databricks" and os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+        caller = inspect.currentframe().f_back  # type: ignore[union-attr]
+        widgets = _apply_widgets(caller.f_globals) if caller else {}
+        _current = get_settings(**{**overrides, **{k: v for k, v in widgets.items() if k in overrides}})
     if _current.backend == "local":
         _current.state_dir.mkdir(parents=True, exist_ok=True)
         os.environ["HELPERS_STATE_DIR"] = str(_current.state_dir)  # child processes share the same state
@@ -53,7 +76,15 @@ def current_settings() -> Settings:
     return _current or settings()
 
 
+# The demo's and a validated source's integer columns have no missing values, the case MLflow's hint (MLflow
+# 3.8, the runtime's) warns about at every signature inferred from them; on both backends.
+warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column", UserWarning)
+
+
 def _local_mlflow(state_dir: Path) -> None:
+    # The sqlite store logs its schema migrations at INFO in every process (no such store on Databricks).
+    for logger in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(logger).setLevel(logging.WARNING)
     from helpers.local.server.layout import mlflow_artifacts, mlflow_uri
 
     uri = mlflow_uri(state_dir)
@@ -144,11 +175,34 @@ def notebook_task_path(relative: str) -> str:
     if path.suffix == ".ipynb":
         path = path.with_suffix("")
     if current_settings().backend == "databricks":
-        root = PurePosixPath(PROJECT_ROOT.as_posix())
+        root = repository_root(_current_notebook_path()) or PurePosixPath(PROJECT_ROOT.as_posix())
         if root.parts[:2] == ("/", "Workspace"):
             root = PurePosixPath("/", *root.parts[2:])
         return str(root / path)
     return path.as_posix()
+
+
+def repository_root(notebook_path: str) -> PurePosixPath | None:
+    """The repository's workspace folder: the one above the ``notebooks`` folder of a running notebook.
+
+    ``helpers`` may come from the bundle's wheel (site-packages), so its own location does not say where the
+    notebooks are; the running notebook's path does (a Git folder, or a bundle's ``.../files``).
+    """
+    parts = PurePosixPath(notebook_path).parts
+    if "notebooks" not in parts[:-1]:
+        return None
+    last = len(parts) - 1 - parts[::-1].index("notebooks")
+    return PurePosixPath(*parts[:last])
+
+
+def _current_notebook_path() -> str:
+    """The workspace path of the notebook running on this cluster ("" off a cluster)."""
+    if not os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+        return ""
+    from databricks.sdk.runtime import dbutils
+
+    context = dbutils.notebook.entry_point.getDbutils().notebook().getContext()
+    return str(context.notebookPath().get())
 
 
 def to_pandas(df: Any) -> pd.DataFrame:

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers.config import PROJECT_ROOT, get_settings, project_settings
+from helpers import config
+from helpers.config import PROJECT_ROOT, WorkspaceNotConfigured, get_settings, project_settings
 from helpers.names import parse_uc_name
 
 
@@ -28,9 +29,85 @@ def test_environment_then_arguments_override(monkeypatch: pytest.MonkeyPatch, tm
     assert get_settings(catalog="prod").catalog == "prod"
 
 
-def test_databricks_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "16.4")
+_WORKSPACE_VARIABLES = (
+    "HELPERS_BACKEND",
+    "DATABRICKS_RUNTIME_VERSION",
+    "DATABRICKS_HOST",
+    "DATABRICKS_CONFIG_PROFILE",
+    "DATABRICKS_CONFIG_FILE",
+)
+
+
+@pytest.fixture
+def no_workspace(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No backend chosen, no workspace configured; the CLI config file is ``tmp_path/.databrickscfg``."""
+    for name in _WORKSPACE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / ".databrickscfg"
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(path))
+    return path
+
+
+def test_databricks_is_detected_on_a_cluster(no_workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "18.0")
     assert get_settings().backend == "databricks"
+
+
+def test_local_is_the_default_off_a_cluster(no_workspace: Path) -> None:
+    assert get_settings().backend == "local"
+
+
+def test_local_can_be_asked_for_on_a_cluster(no_workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "18.0")
+    monkeypatch.setenv("HELPERS_BACKEND", "local")
+    assert get_settings().backend == "local"
+
+
+def test_databricks_from_an_ide_with_a_host(no_workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HELPERS_BACKEND", "databricks")
+    monkeypatch.setenv("DATABRICKS_HOST", "https://example.cloud.databricks.com")
+    assert get_settings().backend == "databricks"
+
+
+def test_databricks_from_an_ide_with_a_cli_profile(no_workspace: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HELPERS_BACKEND", "Databricks")
+    no_workspace.write_text("[work]\nhost = https://example.cloud.databricks.com\nauth_type = pat\n")
+    monkeypatch.setenv("DATABRICKS_CONFIG_PROFILE", "work")
+    assert get_settings().backend == "databricks"
+    assert "profile work" in config.workspace_target()
+    monkeypatch.delenv("DATABRICKS_CONFIG_PROFILE")  # no profile named: the DEFAULT one, absent here
+    with pytest.raises(WorkspaceNotConfigured, match="DEFAULT profile"):
+        get_settings()
+    no_workspace.write_text("[DEFAULT]\nhost = https://example.cloud.databricks.com\n")
+    assert get_settings().backend == "databricks"
+
+
+def test_databricks_without_a_workspace_says_what_to_set(
+    no_workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HELPERS_BACKEND", "databricks")
+    with pytest.raises(WorkspaceNotConfigured, match="databricks auth login"):
+        get_settings()
+    no_workspace.write_text("[other]\nhost = https://example.cloud.databricks.com\n")
+    monkeypatch.setenv("DATABRICKS_CONFIG_PROFILE", "work")
+    with pytest.raises(WorkspaceNotConfigured, match="profile 'work'"):
+        get_settings()
+
+
+def test_an_unknown_backend_is_refused(no_workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HELPERS_BACKEND", "cloud")
+    with pytest.raises(ValueError, match="HELPERS_BACKEND must be 'local' or 'databricks'"):
+        get_settings()
+
+
+def test_a_missing_project_file_fails_loudly(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="project.yml is missing"):
+        project_settings(tmp_path / "project.yml")
+
+
+def test_the_project_file_travels_inside_the_package() -> None:
+    assert config.PROJECT_FILE == PROJECT_ROOT / "helpers" / "project.yml"
+    assert project_settings()["schema"] == get_settings().schema
 
 
 def test_bad_settings_name_the_problem(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,7 +139,7 @@ def test_project_file_values_sit_between_defaults_and_environment(
         "variables:\n"
         "  catalog: {default: lending}\n"
         "  request_columns: {type: complex, default: [loan_amount, purpose]}\n"
-        "  spark_version: {default: 15.4.x}\n"  # a bundle-only variable is not a setting
+        "  warehouse_id: {default: abc123}\n"  # a bundle-only variable is not a setting
     )
     values = project_settings(project)
     assert values == {"catalog": "lending", "request_columns": ("loan_amount", "purpose")}

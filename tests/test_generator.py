@@ -48,13 +48,13 @@ def test_the_default_answers_give_this_repository_s_project_file(tmp_path: Path)
         "online_store_name": "serving-demo-store",
     }
     project = _generate(tmp_path / "demo", demo)
-    assert yaml.safe_load((project / "project.yml").read_text()) == yaml.safe_load(
-        (PROJECT_ROOT / "project.yml").read_text()
+    assert yaml.safe_load((project / "helpers" / "project.yml").read_text()) == yaml.safe_load(
+        (PROJECT_ROOT / "helpers" / "project.yml").read_text()
     )
 
 
 def test_the_generated_project_carries_the_answers(generated: Path) -> None:
-    variables = yaml.safe_load((generated / "project.yml").read_text())["variables"]
+    variables = yaml.safe_load((generated / "helpers" / "project.yml").read_text())["variables"]
     defaults = {name: spec["default"] for name, spec in variables.items()}
     assert defaults["request_columns"] == ["loan_amount", "term_months", "purpose"]
     for name, value in ANSWERS.items():
@@ -72,7 +72,7 @@ def test_the_generated_project_carries_the_answers(generated: Path) -> None:
         assert (generated / path).is_file(), path
     assert not (generated / "copier.yml").exists() and not list(generated.rglob("*.jinja"))
     bundle = yaml.safe_load((generated / "databricks.yml").read_text())
-    assert bundle["include"] == ["project.yml"]
+    assert bundle["include"] == ["helpers/project.yml"]
     for path in (generated / "notebooks").rglob("*.ipynb"):
         notebook = nbformat.read(path, as_version=4)
         assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), path

@@ -20,7 +20,7 @@ def _names(requirements: list[str]) -> set[str]:
 
 def test_environment_yml_lists_the_same_packages_as_pyproject() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = _names(project["dependencies"]) | _names(project["optional-dependencies"]["dev"])
+    declared = _names(project["dependencies"]).union(*map(_names, project["optional-dependencies"].values()))
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert _names(pip_section) == declared

@@ -60,7 +60,15 @@ class FeatureLookupModel(mlflow.pyfunc.PythonModel):
 
 def _save_raw_model(model: Any, flavor: ModuleType, path: Path, flavor_kwargs: dict[str, Any]) -> None:
     if flavor is mlflow.pyfunc:
-        mlflow.pyfunc.save_model(path=str(path), python_model=model, **flavor_kwargs)
+        # The wrapped model carries no signature (the wrapper has one); MLflow 3.8 would warn that the
+        # predict type hints give none.
+        pyfunc_log = logging.getLogger("mlflow.pyfunc")
+        level = pyfunc_log.level
+        pyfunc_log.setLevel(logging.ERROR)
+        try:
+            mlflow.pyfunc.save_model(path=str(path), python_model=model, **flavor_kwargs)
+        finally:
+            pyfunc_log.setLevel(level)
     else:
         flavor.save_model(model, path=str(path), **flavor_kwargs)
 
