@@ -1,0 +1,239 @@
+"""databricks-sdk's ``w.data_quality`` against the local data-quality API: monitors, refreshes, errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from databricks.sdk import WorkspaceClient
+from databricks.sdk.errors import InvalidParameterValue, ResourceAlreadyExists, ResourceDoesNotExist
+from databricks.sdk.service.dataquality import (
+    AggregationGranularity,
+    DataProfilingConfig,
+    DataProfilingStatus,
+    InferenceLogConfig,
+    InferenceProblemType,
+    Monitor,
+    Refresh,
+    RefreshState,
+    SnapshotConfig,
+    TimeSeriesConfig,
+)
+from deltalake import write_deltalake
+from jobs_server import JobsServer, serve_jobs
+from polling import wait_for
+
+from helpers.local.spark import LocalSparkSession
+from helpers.local.tables import DeltaTables
+
+SCHEMA = "main.monitoring"
+DONE = (RefreshState.MONITOR_REFRESH_STATE_SUCCESS, RefreshState.MONITOR_REFRESH_STATE_FAILED)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobsServer]:
+    with serve_jobs(tmp_path_factory.mktemp("monitor-state")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def w(server: JobsServer) -> WorkspaceClient:
+    return server.client()
+
+
+def write_table(state_dir: Path, name: str, frame: pd.DataFrame) -> None:
+    path = DeltaTables(state_dir).path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_deltalake(str(path), arrow(frame), mode="overwrite")
+
+
+def arrow(frame: pd.DataFrame) -> pa.Table:
+    """``frame`` as Arrow, UTC timestamps as Delta's ``TIMESTAMP`` (not through pandas' ``.values``)."""
+    columns = {}
+    for name in frame.columns:
+        series = frame[name]
+        if isinstance(series.dtype, pd.DatetimeTZDtype):
+            columns[name] = pa.array(series.dt.tz_convert(None).to_numpy(), pa.timestamp("us")).cast(
+                pa.timestamp("us", tz="UTC")
+            )
+        else:
+            columns[name] = pa.array(series.to_numpy())
+    return pa.table(columns)
+
+
+def inference_log(seed: int = 0, n: int = 600) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    stamps = pd.Timestamp("2026-11-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 3 * 86_400, n), unit="s")
+    label = rng.integers(0, 2, n)
+    return pd.DataFrame(
+        {
+            "request_time": stamps,
+            "amount": rng.normal(50, 10, n) + 15 * (stamps >= pd.Timestamp("2026-11-03", tz="UTC")),
+            "channel": rng.choice(["web", "store", "app"], n),
+            "model_version": rng.choice(["1", "2"], n),
+            "prediction": np.where(rng.random(n) < 0.8, label, 1 - label),
+            "label": label,
+        }
+    )
+
+
+def log_config(**overrides: object) -> InferenceLogConfig:
+    settings = {
+        "problem_type": InferenceProblemType.INFERENCE_PROBLEM_TYPE_CLASSIFICATION,
+        "timestamp_column": "request_time",
+        "granularities": [AggregationGranularity.AGGREGATION_GRANULARITY_1_DAY],
+        "prediction_column": "prediction",
+        "model_id_column": "model_version",
+        "label_column": "label",
+    } | overrides
+    return InferenceLogConfig(**settings)  # type: ignore[arg-type]
+
+
+def monitor_of(w: WorkspaceClient, table: str, **config: object) -> Monitor:
+    return Monitor(
+        object_type="table",
+        object_id=w.tables.get(table).table_id,
+        data_profiling_config=DataProfilingConfig(output_schema_id=w.schemas.get(SCHEMA).schema_id, **config),
+    )
+
+
+def finished(w: WorkspaceClient, refresh: Refresh) -> Refresh:
+    def done() -> bool:
+        return w.data_quality.get_refresh("table", refresh.object_id, refresh.refresh_id).state in DONE
+
+    wait_for(done, f"refresh {refresh.refresh_id}")
+    return w.data_quality.get_refresh("table", refresh.object_id, refresh.refresh_id)
+
+
+def test_an_inference_log_monitor_is_created_refreshed_read_updated_and_deleted(
+    server: JobsServer, w: WorkspaceClient
+) -> None:
+    table, baseline = f"{SCHEMA}.scored", f"{SCHEMA}.training"
+    write_table(server.state_dir, table, inference_log())
+    write_table(server.state_dir, baseline, inference_log(seed=1).drop(columns=["request_time"]))
+
+    created = w.data_quality.create_monitor(
+        monitor_of(
+            w, table, inference_log=log_config(), baseline_table_name=baseline, slicing_exprs=["channel"]
+        )
+    )
+    config = created.data_profiling_config
+    assert config.monitored_table_name == table
+    assert config.profile_metrics_table_name == f"{SCHEMA}.scored_profile_metrics"
+    assert config.drift_metrics_table_name == f"{SCHEMA}.scored_drift_metrics"
+    assert config.status == DataProfilingStatus.DATA_PROFILING_STATUS_ACTIVE
+    assert w.data_quality.get_monitor("table", created.object_id).data_profiling_config == config
+
+    refresh = w.data_quality.create_refresh("table", created.object_id, Refresh("table", created.object_id))
+    assert refresh.state == RefreshState.MONITOR_REFRESH_STATE_PENDING and refresh.refresh_id
+    done = finished(w, refresh)
+    assert done.state == RefreshState.MONITOR_REFRESH_STATE_SUCCESS, done.message
+    assert done.end_time_ms >= done.start_time_ms
+    assert [r.refresh_id for r in w.data_quality.list_refresh("table", created.object_id)] == [
+        refresh.refresh_id
+    ]
+
+    spark = LocalSparkSession(server.state_dir)
+    profile = spark.table(config.profile_metrics_table_name).toPandas()
+    drift = spark.table(config.drift_metrics_table_name).toPandas()
+    whole = profile[
+        (profile.column_name == ":table") & profile.slice_key.isna() & (profile.log_type == "INPUT")
+    ]
+    assert sorted(whole.model_version.unique()) == ["*", "1", "2"]
+    assert len(whole[whole.model_version == "*"]) == 3  # three days
+    assert whole.accuracy_score.between(0.7, 0.9).all()
+    amount = drift[(drift.column_name == "amount") & drift.slice_key.isna() & (drift.model_version == "*")]
+    assert set(amount.drift_type) == {"CONSECUTIVE", "BASELINE"}
+    jump = amount[(amount.drift_type == "CONSECUTIVE") & (amount.window.map(lambda w: w["start"].day) == 3)]
+    assert jump.ks_test.iloc[0]["pvalue"] < 1e-6  # the shift on 3 November
+
+    updated = w.data_quality.update_monitor(
+        "table",
+        created.object_id,
+        Monitor(
+            "table",
+            created.object_id,
+            data_profiling_config=DataProfilingConfig("", slicing_exprs=["amount > 50"]),
+        ),
+        update_mask="data_profiling_config.slicing_exprs",
+    )
+    assert updated.data_profiling_config.slicing_exprs == ["amount > 50"]
+    assert updated.data_profiling_config.monitor_version == 1
+    assert updated.data_profiling_config.baseline_table_name == baseline  # not in the mask: kept
+
+    w.data_quality.delete_monitor("table", created.object_id)
+    with pytest.raises(ResourceDoesNotExist, match="create one"):
+        w.data_quality.get_monitor("table", created.object_id)
+    assert spark.table(config.profile_metrics_table_name).count() == len(profile)  # the tables stay
+
+
+def test_time_series_and_snapshot_monitors_profile_without_model_quality(
+    server: JobsServer, w: WorkspaceClient
+) -> None:
+    for name, analysis in (
+        (
+            "events",
+            {
+                "time_series": TimeSeriesConfig(
+                    "request_time", [AggregationGranularity.AGGREGATION_GRANULARITY_1_HOUR]
+                )
+            },
+        ),
+        ("snap", {"snapshot": SnapshotConfig()}),
+    ):
+        table = f"{SCHEMA}.{name}"
+        write_table(server.state_dir, table, inference_log(n=200))
+        created = w.data_quality.create_monitor(monitor_of(w, table, **analysis))
+        refresh = w.data_quality.create_refresh(
+            "table", created.object_id, Refresh("table", created.object_id)
+        )
+        assert finished(w, refresh).state == RefreshState.MONITOR_REFRESH_STATE_SUCCESS
+        profile = LocalSparkSession(server.state_dir).table(
+            created.data_profiling_config.profile_metrics_table_name
+        )
+        rows = profile.toPandas()
+        assert "accuracy_score" in rows and rows.accuracy_score.isna().all()
+        assert rows[rows.column_name == ":table"]["count"].max() <= 200
+
+
+def test_errors_are_databricks_errors_naming_what_is_wrong(server: JobsServer, w: WorkspaceClient) -> None:
+    table, empty = f"{SCHEMA}.checked", f"{SCHEMA}.empty"
+    write_table(server.state_dir, table, inference_log(n=50))
+    write_table(server.state_dir, empty, inference_log(n=50).iloc[:0])
+
+    with pytest.raises(ResourceDoesNotExist, match="does not exist"):
+        w.tables.get(f"{SCHEMA}.missing")
+    unknown = monitor_of(w, table, inference_log=log_config())
+    unknown.object_id = "00000000-0000-0000-0000-000000000000"
+    with pytest.raises(ResourceDoesNotExist, match="table_id"):
+        w.data_quality.create_monitor(unknown)
+    with pytest.raises(InvalidParameterValue, match="label_column 'churned' is not a column"):
+        w.data_quality.create_monitor(monitor_of(w, table, inference_log=log_config(label_column="churned")))
+    with pytest.raises(InvalidParameterValue, match="'segment', which is not a column"):
+        w.data_quality.create_monitor(
+            monitor_of(w, table, inference_log=log_config(), slicing_exprs=["segment = 'a'"])
+        )
+    with pytest.raises(InvalidParameterValue, match="Exactly one Analysis Configuration"):
+        w.data_quality.create_monitor(
+            monitor_of(w, table, inference_log=log_config(), snapshot=SnapshotConfig())
+        )
+    with pytest.raises(ResourceDoesNotExist, match="training_missing"):
+        w.data_quality.create_monitor(
+            monitor_of(w, table, inference_log=log_config(), baseline_table_name=f"{SCHEMA}.training_missing")
+        )
+
+    first = w.data_quality.create_monitor(monitor_of(w, table, inference_log=log_config()))
+    with pytest.raises(ResourceAlreadyExists, match="already has a data profiling monitor"):
+        w.data_quality.create_monitor(monitor_of(w, table, inference_log=log_config()))
+    with pytest.raises(ResourceDoesNotExist):
+        w.data_quality.get_refresh("table", first.object_id, 999_999)
+
+    on_empty = w.data_quality.create_monitor(monitor_of(w, empty, snapshot=SnapshotConfig()))
+    refresh = w.data_quality.create_refresh("table", on_empty.object_id, Refresh("table", on_empty.object_id))
+    failed = finished(w, refresh)
+    assert failed.state == RefreshState.MONITOR_REFRESH_STATE_FAILED
+    assert "has no rows to profile" in failed.message
