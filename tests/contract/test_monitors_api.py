@@ -27,6 +27,9 @@ from deltalake import write_deltalake
 from jobs_server import JobsServer, serve_jobs
 from polling import wait_for
 
+from helpers import monitoring
+from helpers.local.server.monitor_store import RUNNING, MonitorStore
+from helpers.local.server.monitors_api import DataProfilingMonitors
 from helpers.local.spark import LocalSparkSession
 from helpers.local.tables import DeltaTables
 
@@ -188,10 +191,10 @@ def test_time_series_and_snapshot_monitors_profile_without_model_quality(
         table = f"{SCHEMA}.{name}"
         write_table(server.state_dir, table, inference_log(n=200))
         created = w.data_quality.create_monitor(monitor_of(w, table, **analysis))
-        refresh = w.data_quality.create_refresh(
-            "table", created.object_id, Refresh("table", created.object_id)
-        )
-        assert finished(w, refresh).state == RefreshState.MONITOR_REFRESH_STATE_SUCCESS
+        done = monitoring.refresh_monitor(
+            w, table, max_poll_seconds=0.1, progress=False
+        )  # the notebook's call
+        assert done.state == RefreshState.MONITOR_REFRESH_STATE_SUCCESS
         profile = LocalSparkSession(server.state_dir).table(
             created.data_profiling_config.profile_metrics_table_name
         )
@@ -237,3 +240,19 @@ def test_errors_are_databricks_errors_naming_what_is_wrong(server: JobsServer, w
     failed = finished(w, refresh)
     assert failed.state == RefreshState.MONITOR_REFRESH_STATE_FAILED
     assert "has no rows to profile" in failed.message
+    with pytest.raises(RuntimeError, match="FAILED, The monitored table main.monitoring.empty has no rows"):
+        monitoring.refresh_monitor(w, empty, max_poll_seconds=0.1, progress=False)
+
+
+def test_a_refresh_left_active_by_a_stopped_server_is_failed_with_a_reason(tmp_path: Path) -> None:
+    store = MonitorStore(tmp_path)
+    running = store.add_refresh("t-1", {"object_type": "table", "object_id": "t-1", "state": RUNNING})
+    store.close()
+
+    DataProfilingMonitors(tmp_path).close()  # what the next server does when it starts
+
+    store = MonitorStore(tmp_path)
+    after = store.refresh("t-1", running["refresh_id"])
+    store.close()
+    assert after["state"] == "MONITOR_REFRESH_STATE_FAILED"
+    assert "stopped while this refresh was active" in after["message"]

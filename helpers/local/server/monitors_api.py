@@ -368,7 +368,7 @@ def _refresh_id(raw: str) -> int:
 
 
 def _page(request: Request, items: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    """One page of ``items``: ``page_size`` of them (default all) from ``page_token`` (an offset we issued)."""
+    """``page_size`` of ``items`` (default all) from ``page_token`` (an offset this server issued)."""
     token, size = request.query_params.get("page_token") or "0", request.query_params.get("page_size")
     if not token.isdigit() or (size is not None and not size.isdigit()):
         raise bad_request("page_token and page_size must be tokens this server issued and positive integers")
