@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+import requests
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors import InvalidParameterValue, ResourceAlreadyExists, ResourceDoesNotExist
 from databricks.sdk.service.dataquality import (
@@ -256,3 +257,50 @@ def test_a_refresh_left_active_by_a_stopped_server_is_failed_with_a_reason(tmp_p
     store.close()
     assert after["state"] == "MONITOR_REFRESH_STATE_FAILED"
     assert "stopped while this refresh was active" in after["message"]
+
+
+WRONG = (None, 0, -1, 1.5, "", "x", True, [], [1], {}, {"a": 1})
+
+
+def leaves(value: object, path: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in leaves(v, (*path, k))] + ([path] if path else [])
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in leaves(v, (*path, i))] + [path]
+    return [path]
+
+
+def replaced(value: object, path: tuple[object, ...], new: object) -> object:
+    if not path:
+        return new
+    copy = dict(value) if isinstance(value, dict) else list(value)  # type: ignore[call-overload]
+    copy[path[0]] = replaced(copy[path[0]], path[1:], new)
+    return copy
+
+
+def test_every_field_of_a_create_with_every_wrong_type_gets_a_4xx_or_a_monitor(
+    server: JobsServer, w: WorkspaceClient
+) -> None:
+    table = f"{SCHEMA}.fuzzed"
+    write_table(server.state_dir, table, inference_log(n=50))
+    valid = monitor_of(
+        w,
+        table,
+        inference_log=log_config(),
+        baseline_table_name=table,
+        slicing_exprs=["channel", "amount > 1"],
+        assets_dir="/Workspace/x",
+    ).as_dict()
+    url = f"{server.url}/api/data-quality/v1/monitors"
+    headers = {"Authorization": f"Bearer {server.token}"}
+    tried = 0
+    for path in leaves(valid):
+        for wrong in WRONG:
+            answer = requests.post(url, json=replaced(valid, path, wrong), headers=headers, timeout=30)
+            tried += 1
+            if answer.status_code == 200:  # a value the API takes (an empty assets_dir, ...): start again
+                w.data_quality.delete_monitor("table", valid["object_id"])
+                continue
+            assert 400 <= answer.status_code < 500, (path, wrong, answer.text)
+            assert set(answer.json()) == {"error_code", "message"}, answer.text
+    assert tried > 100

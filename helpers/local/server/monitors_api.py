@@ -54,6 +54,16 @@ SETTABLE = (
     "warehouse_id",
 )
 UPDATABLE = tuple(f for f in SETTABLE if f != "output_schema_id")
+FIELD_TYPES = {
+    "output_schema_id": str,
+    "assets_dir": str,
+    "baseline_table_name": str,
+    "custom_metrics": list,
+    "notification_settings": dict,
+    "schedule": dict,
+    "skip_builtin_dashboard": bool,
+    "warehouse_id": str,
+}
 STOPPED = "The workspace server stopped while this refresh was active; run another refresh."
 
 
@@ -85,7 +95,9 @@ class DataProfilingMonitors:
         if "output_schema_id" not in raw:
             raise bad_request("data_profiling_config.output_schema_id is required")
         settings = {k: v for k, v in raw.items() if k in SETTABLE}
-        output_schema = schema_by_id(self.tables, str(settings["output_schema_id"]))
+        if not isinstance(settings["output_schema_id"], str):
+            raise bad_request("data_profiling_config.output_schema_id must be a string (a schema id)")
+        output_schema = schema_by_id(self.tables, settings["output_schema_id"])
         self._check(table, settings)
         short = table.split(".")[-1]
         doc = {
@@ -157,6 +169,9 @@ class DataProfilingMonitors:
         return {}
 
     def _check(self, table: str, settings: dict[str, Any]) -> None:
+        for name, kind in FIELD_TYPES.items():
+            if settings.get(name) is not None and not isinstance(settings[name], kind):
+                raise bad_request(f"data_profiling_config.{name} must be a {kind.__name__}")
         config = profile_config(settings)
         if settings.get("custom_metrics"):
             raise bad_request(
@@ -294,7 +309,7 @@ def profile_config(settings: dict[str, Any]) -> ProfileConfig:
     if kind == "time_series":
         return ProfileConfig("time_series", **common)
     problem = analysis.get("problem_type")
-    if problem not in PROBLEM_TYPES:
+    if not isinstance(problem, str) or problem not in PROBLEM_TYPES:
         raise bad_request(f"{where}.problem_type must be one of {list(PROBLEM_TYPES)}, got {problem!r}")
     return ProfileConfig(
         "inference_log",
@@ -322,7 +337,7 @@ def _granularities(raw: Any, where: str) -> tuple[str, ...]:
     names = []
     for value in raw:
         text = str(value).removeprefix(GRANULARITY_PREFIX).lower().replace("_", " ")
-        if text not in data_profiling.GRANULARITIES:
+        if not isinstance(value, str) or text not in data_profiling.GRANULARITIES:
             choices = [GRANULARITY_PREFIX + g.upper().replace(" ", "_") for g in data_profiling.GRANULARITIES]
             raise bad_request(f"{where}.granularities: {value!r} is not one of {choices}")
         names.append(text)
