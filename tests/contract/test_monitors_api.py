@@ -12,6 +12,7 @@ import pytest
 import requests
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors import InvalidParameterValue, ResourceAlreadyExists, ResourceDoesNotExist
+from databricks.sdk.service import catalog
 from databricks.sdk.service.dataquality import (
     AggregationGranularity,
     DataProfilingConfig,
@@ -304,3 +305,54 @@ def test_every_field_of_a_create_with_every_wrong_type_gets_a_4xx_or_a_monitor(
             assert 400 <= answer.status_code < 500, (path, wrong, answer.text)
             assert set(answer.json()) == {"error_code", "message"}, answer.text
     assert tried > 100
+
+
+def test_the_deprecated_quality_monitors_api_serves_the_same_monitors(
+    server: JobsServer, w: WorkspaceClient
+) -> None:
+    table = f"{SCHEMA}.legacy"
+    write_table(server.state_dir, table, inference_log(n=300))
+    info = w.quality_monitors.create(
+        table_name=table,
+        output_schema_name=SCHEMA,
+        assets_dir="/Workspace/Users/me/monitoring",
+        inference_log=catalog.MonitorInferenceLog(
+            problem_type=catalog.MonitorInferenceLogProblemType.PROBLEM_TYPE_CLASSIFICATION,
+            timestamp_col="request_time",
+            granularities=["1 day"],
+            prediction_col="prediction",
+            model_id_col="model_version",
+            label_col="label",
+        ),
+    )
+    assert info.status == catalog.MonitorInfoStatus.MONITOR_STATUS_ACTIVE
+    assert info.drift_metrics_table_name == f"{SCHEMA}.legacy_drift_metrics"
+    assert info.inference_log.granularities == ["1 day"] and info.inference_log.label_col == "label"
+    current = w.data_quality.get_monitor("table", w.tables.get(table).table_id).data_profiling_config
+    assert current.inference_log.granularities == [AggregationGranularity.AGGREGATION_GRANULARITY_1_DAY]
+
+    refresh = w.quality_monitors.run_refresh(table)
+    assert refresh.state == catalog.MonitorRefreshInfoState.PENDING
+
+    def done() -> bool:
+        state = w.quality_monitors.get_refresh(table, refresh.refresh_id).state
+        return state not in (catalog.MonitorRefreshInfoState.PENDING, catalog.MonitorRefreshInfoState.RUNNING)
+
+    wait_for(done, "the legacy refresh")
+    assert (
+        w.quality_monitors.get_refresh(table, refresh.refresh_id).state
+        == catalog.MonitorRefreshInfoState.SUCCESS
+    )
+    assert [r.refresh_id for r in w.quality_monitors.list_refreshes(table).refreshes] == [refresh.refresh_id]
+
+    updated = w.quality_monitors.update(
+        table, SCHEMA, inference_log=info.inference_log, slicing_exprs=["channel"]
+    )
+    assert updated.slicing_exprs == ["channel"] and updated.monitor_version == 1
+    with pytest.raises(ResourceAlreadyExists):
+        w.quality_monitors.create(
+            table_name=table, output_schema_name=SCHEMA, assets_dir="/x", snapshot=catalog.MonitorSnapshot()
+        )
+    w.quality_monitors.delete(table)
+    with pytest.raises(ResourceDoesNotExist):
+        w.quality_monitors.get(table)

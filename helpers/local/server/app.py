@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
-from helpers.local.server import catalog_api, jobs_api, monitors_api
+from helpers.local.server import catalog_api, jobs_api, monitors_api, quality_monitors_api
 from helpers.local.server.auth import BearerToken
 from helpers.local.server.errors import (
     ApiError,
@@ -108,6 +108,7 @@ JOB_ROUTES = (
 )
 MONITORS = "/api/data-quality/v1/monitors"
 MONITOR = MONITORS + "/{object_type}/{object_id}"
+LEGACY_MONITOR = "/api/2.1/unity-catalog/tables/{table_name}/monitor"  # deprecated; same monitors
 ROUTES = (
     Route("GET", "/.well-known/databricks-config", host_metadata, token=False),
     Route("POST", "/api/2.0/serving-endpoints", create_endpoint),
@@ -133,6 +134,14 @@ ROUTES = (
     Route("GET", MONITOR + "/refreshes", monitors_api.list_refreshes),
     Route("GET", MONITOR + "/refreshes/{refresh_id}", monitors_api.get_refresh),
     Route("POST", MONITOR + "/refreshes/{refresh_id}/cancel", monitors_api.cancel_refresh),
+    Route("POST", LEGACY_MONITOR, quality_monitors_api.create),
+    Route("GET", LEGACY_MONITOR, quality_monitors_api.get),
+    Route("PUT", LEGACY_MONITOR, quality_monitors_api.update),
+    Route("DELETE", LEGACY_MONITOR, quality_monitors_api.delete),
+    Route("POST", LEGACY_MONITOR + "/refreshes", quality_monitors_api.run_refresh),
+    Route("GET", LEGACY_MONITOR + "/refreshes", quality_monitors_api.list_refreshes),
+    Route("GET", LEGACY_MONITOR + "/refreshes/{refresh_id}", quality_monitors_api.get_refresh),
+    Route("POST", LEGACY_MONITOR + "/refreshes/{refresh_id}/cancel", quality_monitors_api.cancel_refresh),
 )
 
 

@@ -376,7 +376,8 @@ def service(request: Request) -> DataProfilingMonitors:
     return monitors
 
 
-def _refresh_id(raw: str) -> int:
+def parse_refresh_id(raw: str) -> int:
+    """A refresh id from a URL; 400 when it is not one."""
     if not raw.isdigit() or len(raw) > 18:
         raise bad_request(f"refresh_id must be an integer, got {raw[:100]!r}")
     return int(raw)
@@ -429,7 +430,7 @@ async def list_refreshes(object_type: str, object_id: str, request: Request) -> 
 
 async def get_refresh(object_type: str, object_id: str, refresh_id: str, request: Request) -> dict[str, Any]:
     return await run_in_threadpool(
-        service(request).get_refresh, object_type, object_id, _refresh_id(refresh_id)
+        service(request).get_refresh, object_type, object_id, parse_refresh_id(refresh_id)
     )
 
 
@@ -437,5 +438,5 @@ async def cancel_refresh(
     object_type: str, object_id: str, refresh_id: str, request: Request
 ) -> dict[str, Any]:
     return await run_in_threadpool(
-        service(request).cancel_refresh, object_type, object_id, _refresh_id(refresh_id)
+        service(request).cancel_refresh, object_type, object_id, parse_refresh_id(refresh_id)
     )
