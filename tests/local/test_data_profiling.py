@@ -24,6 +24,7 @@ from helpers.local.data_profiling import (
     profile,
     write_metric_tables,
 )
+from helpers.local.frames import to_pandas
 from helpers.local.spark import LocalSparkSession
 from helpers.local.tables import DeltaTables
 
@@ -74,7 +75,7 @@ def baseline() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def tables(data: pd.DataFrame, baseline: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     profile_table, drift_table = profile(data, CONFIG, baseline=baseline)
-    return profile_table.to_pandas(), drift_table.to_pandas()
+    return to_pandas(profile_table), to_pandas(drift_table)
 
 
 def day_rows(data: pd.DataFrame, day: int) -> pd.DataFrame:
@@ -157,9 +158,9 @@ def test_model_quality_agrees_with_scikit_learn_per_model_and_slice(
                     "recall.weighted": row["recall"]["weighted"],
                     "f1.macro": row["f1_score"]["macro"],
                     "f1.weighted": row["f1_score"]["weighted"],
-                    **{f"precision.{c}": v for c, v in row["precision"]["one_vs_all"]},
-                    **{f"recall.{c}": v for c, v in row["recall"]["one_vs_all"]},
-                    **{f"f1.{c}": v for c, v in row["f1_score"]["one_vs_all"]},
+                    **{f"precision.{c}": v for c, v in row["precision"]["one_vs_all"].items()},
+                    **{f"recall.{c}": v for c, v in row["recall"]["one_vs_all"].items()},
+                    **{f"f1.{c}": v for c, v in row["f1_score"]["one_vs_all"].items()},
                 }
                 assert got.keys() == expected.keys()
                 worst = max(worst, *(abs(got[k] - expected[k]) for k in expected))
@@ -301,6 +302,8 @@ def test_the_metric_tables_are_plain_delta_tables_read_with_spark(
         spark.table(names[0]).columns + spark.table(names[1]).columns
     )
     assert not DeltaTables(state_dir).exists(names[0])  # no primary key: not a feature table
+    quality = spark.table(names[0]).toPandas().dropna(subset=["precision"]).iloc[0]
+    assert set(quality["precision"]["one_vs_all"]) == {"maybe", "no", "yes"}  # a map reads as a dict
     write_metric_tables(
         DeltaTables(state_dir), names, profile(day_rows(data, 0), CONFIG)
     )  # a refresh replaces
