@@ -471,7 +471,7 @@ def _parts(data: pd.DataFrame, config: ProfileConfig, now: pd.Timestamp) -> Iter
             (None, {"start": now, "end": now}, data)
         ]
     else:
-        stamps = pd.to_datetime(data[config.timestamp_col], utc=True)
+        stamps = timestamps(data[config.timestamp_col])
         windows = []
         for granularity in config.granularities:
             starts = window_starts(stamps, granularity)
@@ -508,6 +508,16 @@ def _baseline_parts(
             for value, sliced in piece.groups(baseline):
                 parts[(expr, value)] = _Part(sliced, None, None, model_id, expr, value)
     return parts
+
+
+def timestamps(column: pd.Series) -> pd.Series:
+    """UTC timestamps from a timestamp column, or what Spark's ``to_timestamp`` reads as one.
+
+    Numbers are seconds since the epoch (as ``to_timestamp`` reads a long), strings are parsed.
+    """
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return pd.to_datetime(column, unit="s", utc=True)
+    return pd.to_datetime(column, utc=True)
 
 
 def window_starts(stamps: pd.Series, granularity: str) -> pd.Series:

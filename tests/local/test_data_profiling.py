@@ -267,6 +267,17 @@ def test_slices_split_the_rows_as_their_expressions_say(
     assert baseline_rows.window.isna().all() and len(baseline_rows)
 
 
+def test_timestamps_as_epoch_seconds_or_text_fall_in_the_same_windows(data: pd.DataFrame) -> None:
+    expected = to_pandas(profile(data, CONFIG)[0])
+    for stamps in (
+        (data.ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1),
+        data.ts.dt.strftime("%Y-%m-%d %H:%M:%S"),
+    ):
+        got = to_pandas(profile(data.assign(ts=stamps), CONFIG)[0])
+        assert got["window"].tolist() == expected["window"].tolist()
+        assert got["count"].tolist() == expected["count"].tolist()
+
+
 def test_a_missing_window_gets_no_consecutive_drift() -> None:
     frame = scored(days=(0, 2), n=300)
     _, drift = profile(frame, CONFIG)
