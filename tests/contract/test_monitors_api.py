@@ -132,6 +132,7 @@ def test_an_inference_log_monitor_is_created_refreshed_read_updated_and_deleted(
     assert config.drift_metrics_table_name == f"{SCHEMA}.scored_drift_metrics"
     assert config.status == DataProfilingStatus.DATA_PROFILING_STATUS_ACTIVE
     assert w.data_quality.get_monitor("table", created.object_id).data_profiling_config == config
+    assert [m.object_id for m in w.data_quality.list_monitor()] == [created.object_id]
 
     refresh = w.data_quality.create_refresh("table", created.object_id, Refresh("table", created.object_id))
     assert refresh.state == RefreshState.MONITOR_REFRESH_STATE_PENDING and refresh.refresh_id
@@ -236,6 +237,14 @@ def test_errors_are_databricks_errors_naming_what_is_wrong(server: JobsServer, w
         w.data_quality.create_monitor(monitor_of(w, table, inference_log=log_config()))
     with pytest.raises(ResourceDoesNotExist):
         w.data_quality.get_refresh("table", first.object_id, 999_999)
+    with pytest.raises(InvalidParameterValue, match="refresh_id must be an integer"):
+        w.api_client.do("GET", f"/api/data-quality/v1/monitors/table/{first.object_id}/refreshes/latest")
+    with pytest.raises(InvalidParameterValue, match="update_mask is required"):
+        w.data_quality.update_monitor("table", first.object_id, first, update_mask="")
+    with pytest.raises(InvalidParameterValue, match="cannot be updated"):
+        w.data_quality.update_monitor(
+            "table", first.object_id, first, "data_profiling_config.output_schema_id"
+        )
 
     on_empty = w.data_quality.create_monitor(monitor_of(w, empty, snapshot=SnapshotConfig()))
     refresh = w.data_quality.create_refresh("table", on_empty.object_id, Refresh("table", on_empty.object_id))
@@ -305,6 +314,19 @@ def test_every_field_of_a_create_with_every_wrong_type_gets_a_4xx_or_a_monitor(
             assert 400 <= answer.status_code < 500, (path, wrong, answer.text)
             assert set(answer.json()) == {"error_code", "message"}, answer.text
     assert tried > 100
+
+    created = w.data_quality.create_monitor(monitor_of(w, table, inference_log=log_config()))
+    for path in leaves(valid["data_profiling_config"]):
+        for wrong in WRONG:
+            body = {**valid, "data_profiling_config": replaced(valid["data_profiling_config"], path, wrong)}
+            answer = requests.patch(
+                f"{url}/table/{created.object_id}",
+                params={"update_mask": "*"},
+                json=body,
+                headers=headers,
+                timeout=30,
+            )
+            assert answer.status_code == 200 or 400 <= answer.status_code < 500, (path, wrong, answer.text)
 
 
 def test_the_deprecated_quality_monitors_api_serves_the_same_monitors(
