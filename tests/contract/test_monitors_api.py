@@ -206,6 +206,21 @@ def test_time_series_and_snapshot_monitors_profile_without_model_quality(
         assert rows[rows.column_name == ":table"]["count"].max() <= 200
 
 
+def test_create_or_update_monitor_makes_a_notebook_rerun_update_the_monitor(
+    server: JobsServer, w: WorkspaceClient
+) -> None:
+    table = f"{SCHEMA}.rerun"
+    write_table(server.state_dir, table, inference_log(n=100))
+    first = monitoring.create_or_update_monitor(w, table, SCHEMA, inference_log=log_config())
+    again = monitoring.create_or_update_monitor(
+        w, table, SCHEMA, inference_log=log_config(), slicing_exprs=["channel"]
+    )
+    assert again.object_id == first.object_id
+    assert again.data_profiling_config.slicing_exprs == ["channel"]
+    assert again.data_profiling_config.monitor_version == first.data_profiling_config.monitor_version + 1
+    assert again.data_profiling_config.profile_metrics_table_name == f"{SCHEMA}.rerun_profile_metrics"
+
+
 def test_errors_are_databricks_errors_naming_what_is_wrong(server: JobsServer, w: WorkspaceClient) -> None:
     table, empty = f"{SCHEMA}.checked", f"{SCHEMA}.empty"
     write_table(server.state_dir, table, inference_log(n=50))
