@@ -7,7 +7,10 @@ table, not a feature table) with ``spark.table(name).toPandas()`` and hands the 
 from __future__ import annotations
 
 import json
+import sys
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -188,3 +191,104 @@ def recommend(
     if error_rate > thresholds.max_error_rate:
         reasons.append(f"error rate {error_rate:.1%} is above {thresholds.max_error_rate:.1%}")
     return ("retrain" if reasons else "keep"), reasons
+
+
+# Data profiling monitors (``w.data_quality``) -----------------------------------------------------------
+_REFRESH_STAGE = {"MONITOR_REFRESH_STATE_PENDING": 0, "MONITOR_REFRESH_STATE_RUNNING": 1}
+_REFRESH_DONE = 2
+
+
+def refresh_monitor(
+    w: Any,
+    table_name: str,
+    timeout: timedelta = timedelta(minutes=30),
+    *,
+    max_poll_seconds: float = 10.0,
+    progress: bool = True,
+) -> Any:
+    """Refresh the data-profiling monitor on ``table_name``, wait for it (with a progress bar), return it.
+
+    ``w`` is a ``WorkspaceClient``. The refresh recomputes the monitor's ``_profile_metrics`` and
+    ``_drift_metrics`` tables; on Databricks it runs on serverless compute and takes minutes. Raises
+    ``RuntimeError`` with the refresh's message if it fails or is cancelled, ``TimeoutError`` after
+    ``timeout`` (the refresh keeps running).
+    """
+    from databricks.sdk.service.dataquality import Refresh
+
+    table_id = w.tables.get(table_name).table_id
+    refresh = w.data_quality.create_refresh("table", table_id, Refresh("table", table_id))
+    done = wait_for_refresh(
+        w, table_id, refresh.refresh_id, timeout, max_poll_seconds=max_poll_seconds, progress=progress
+    )
+    if done.state is None or done.state.value != "MONITOR_REFRESH_STATE_SUCCESS":
+        state = done.state.value if done.state else "UNKNOWN"
+        raise RuntimeError(f"monitor refresh {done.refresh_id} on {table_name}: {state}, {done.message}")
+    return done
+
+
+def wait_for_refresh(
+    w: Any,
+    table_id: str,
+    refresh_id: int,
+    timeout: timedelta = timedelta(minutes=30),
+    *,
+    max_poll_seconds: float = 10.0,
+    progress: bool = True,
+) -> Any:
+    """Poll a monitor refresh until it is no longer PENDING or RUNNING and return it (a ``Refresh``).
+
+    Polls back off from 0.25 s to ``max_poll_seconds``; a text progress bar shows the state. Raises
+    ``TimeoutError`` after ``timeout``; the refresh keeps running (``w.data_quality.cancel_refresh``
+    stops it).
+    """
+    from tqdm import tqdm
+
+    if timeout <= timedelta(0):
+        raise ValueError(f"timeout must be positive, got {timeout}")
+    deadline = time.monotonic() + timeout.total_seconds()
+    delay = 0.25
+    bar = tqdm(
+        total=_REFRESH_DONE,
+        disable=not progress,
+        file=sys.stdout,  # a plain text bar: it also reads well in an executed notebook
+        bar_format="{desc} |{bar}| [{elapsed}]",
+    )
+    try:
+        while True:
+            refresh = w.data_quality.get_refresh("table", table_id, refresh_id)
+            state = refresh.state.value if refresh.state else "MONITOR_REFRESH_STATE_UNKNOWN"
+            bar.set_description_str(f"refresh {refresh_id}: {state.removeprefix('MONITOR_REFRESH_STATE_')}")
+            bar.update(_REFRESH_STAGE.get(state, _REFRESH_DONE) - bar.n)
+            if state not in _REFRESH_STAGE:
+                return refresh
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"refresh {refresh_id} is still {state} after {timeout}; it keeps running "
+                    "(w.data_quality.cancel_refresh stops it)"
+                )
+            time.sleep(delay)
+            delay = min(max_poll_seconds, delay * 1.5)
+    finally:
+        bar.close()
+
+
+def create_or_update_monitor(w: Any, table_name: str, output_schema_name: str, **config: Any) -> Any:
+    """The data-profiling monitor on ``table_name``, created or (when one exists) updated to ``config``.
+
+    ``config`` holds ``DataProfilingConfig`` fields (``inference_log=InferenceLogConfig(...)``,
+    ``baseline_table_name=...``, ``slicing_exprs=[...]``); the metric tables go to ``output_schema_name``
+    (``catalog.schema``). Re-running a notebook therefore updates the monitor instead of failing with
+    ``ResourceAlreadyExists``. Returns the ``Monitor``.
+    """
+    from databricks.sdk.errors import NotFound
+    from databricks.sdk.service.dataquality import DataProfilingConfig, Monitor
+
+    table_id = w.tables.get(table_name).table_id
+    schema_id = w.schemas.get(output_schema_name).schema_id
+    wanted = Monitor("table", table_id, data_profiling_config=DataProfilingConfig(schema_id, **config))
+    try:
+        w.data_quality.get_monitor("table", table_id)
+    except NotFound:
+        return w.data_quality.create_monitor(wanted)
+    mask = ",".join(f"data_profiling_config.{name}" for name in sorted(config))
+    return w.data_quality.update_monitor("table", table_id, wanted, update_mask=mask)

@@ -32,4 +32,5 @@ def _plain(kind: pa.DataType) -> pa.DataType:
 
 
 def to_pandas(table: pa.Table) -> pd.DataFrame:
-    return table.to_pandas()
+    """A pandas frame as Spark's ``toPandas`` gives it: a map column's values are dicts."""
+    return table.to_pandas(maps_as_pydicts="strict")

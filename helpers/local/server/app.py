@@ -2,7 +2,9 @@
 
 ``ROUTES`` is the route table, the one place routes are listed; it reads like the REST contract. Handlers
 stay short and delegate: serving endpoints to the ``EndpointRegistry`` (``app.state.endpoints``), jobs to
-``jobs_api`` (``app.state.jobs``), the token check to ``auth.py``; every error comes from ``errors.py``.
+``jobs_api`` (``app.state.jobs``), data-profiling monitors to ``monitors_api`` (``app.state.monitors``),
+Unity Catalog table and schema lookups to ``catalog_api``, the token check to ``auth.py``; every error comes
+from ``errors.py``.
 
 The one hot route, invocations, is marked ``hot``: ``WorkspaceApp`` answers it straight from ASGI in front
 of FastAPI, with the same token check, body limit and error shapes but without FastAPI's routing,
@@ -26,7 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
-from helpers.local.server import jobs_api
+from helpers.local.server import catalog_api, jobs_api, monitors_api, quality_monitors_api
 from helpers.local.server.auth import BearerToken
 from helpers.local.server.errors import (
     ApiError,
@@ -37,6 +39,7 @@ from helpers.local.server.errors import (
 )
 from helpers.local.server.limits import read_body, read_object
 from helpers.local.server.registry import EndpointRegistry
+from helpers.local.tables import DeltaTables
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,9 @@ JOB_ROUTES = (
     ("GET", "runs/get-output", jobs_api.get_run_output),
     ("POST", "runs/cancel", jobs_api.cancel_run),
 )
+MONITORS = "/api/data-quality/v1/monitors"
+MONITOR = MONITORS + "/{object_type}/{object_id}"
+LEGACY_MONITOR = "/api/2.1/unity-catalog/tables/{table_name}/monitor"  # deprecated; same monitors
 ROUTES = (
     Route("GET", "/.well-known/databricks-config", host_metadata, token=False),
     Route("POST", "/api/2.0/serving-endpoints", create_endpoint),
@@ -117,6 +123,25 @@ ROUTES = (
         for version in ("2.2", "2.1")  # the SDK speaks 2.2; older clients 2.1
         for method, path, handler in JOB_ROUTES
     ),
+    Route("GET", "/api/2.1/unity-catalog/tables/{full_name}", catalog_api.get_table),
+    Route("GET", "/api/2.1/unity-catalog/schemas/{full_name}", catalog_api.get_schema),
+    Route("POST", MONITORS, monitors_api.create_monitor),
+    Route("GET", MONITORS, monitors_api.list_monitors),
+    Route("GET", MONITOR, monitors_api.get_monitor),
+    Route("PATCH", MONITOR, monitors_api.update_monitor),
+    Route("DELETE", MONITOR, monitors_api.delete_monitor),
+    Route("POST", MONITOR + "/refreshes", monitors_api.create_refresh),
+    Route("GET", MONITOR + "/refreshes", monitors_api.list_refreshes),
+    Route("GET", MONITOR + "/refreshes/{refresh_id}", monitors_api.get_refresh),
+    Route("POST", MONITOR + "/refreshes/{refresh_id}/cancel", monitors_api.cancel_refresh),
+    Route("POST", LEGACY_MONITOR, quality_monitors_api.create),
+    Route("GET", LEGACY_MONITOR, quality_monitors_api.get),
+    Route("PUT", LEGACY_MONITOR, quality_monitors_api.update),
+    Route("DELETE", LEGACY_MONITOR, quality_monitors_api.delete),
+    Route("POST", LEGACY_MONITOR + "/refreshes", quality_monitors_api.run_refresh),
+    Route("GET", LEGACY_MONITOR + "/refreshes", quality_monitors_api.list_refreshes),
+    Route("GET", LEGACY_MONITOR + "/refreshes/{refresh_id}", quality_monitors_api.get_refresh),
+    Route("POST", LEGACY_MONITOR + "/refreshes/{refresh_id}/cancel", quality_monitors_api.cancel_refresh),
 )
 
 
@@ -187,16 +212,21 @@ def create_app(state_dir: Path, token: str) -> WorkspaceApp:
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
         api.state.endpoints.start()
         api.state.jobs = jobs_api.start_jobs(state_dir)
+        api.state.monitors = monitors_api.DataProfilingMonitors(state_dir)
         try:
             yield
         finally:
             jobs, api.state.jobs = api.state.jobs, None
+            monitors, api.state.monitors = api.state.monitors, None
+            monitors.close()
             jobs.shutdown()
             api.state.endpoints.close()
 
     api = FastAPI(title="local Databricks workspace", lifespan=lifespan, openapi_url=None, docs_url=None)
     api.state.endpoints = EndpointRegistry(state_dir)
     api.state.jobs = None
+    api.state.monitors = None
+    api.state.tables = DeltaTables(state_dir)
     api.state.workspace_id = str(int(hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:13], 16))
     bearer = BearerToken(token)
     [hot] = [route for route in ROUTES if route.hot]
