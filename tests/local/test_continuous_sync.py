@@ -10,22 +10,14 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from polling import process_gone, wait_for
+from publishing_client import PublishingClient as Client
 
 from helpers.local import continuous_sync
-from helpers.local.functions import FunctionRegistry
 from helpers.local.online_store import OnlineStore, latest_per_key
-from helpers.local.publishing import OnlinePublishingMixin
-from helpers.local.tables import DeltaTables, TableMeta
+from helpers.local.tables import TableMeta
 
 LIVE = "main.test.live"
 BATCH = "main.test.batch"
-
-
-class Client(OnlinePublishingMixin):
-    def __init__(self, state_dir: Path) -> None:
-        self._state_dir = state_dir
-        self._tables = DeltaTables(state_dir)
-        self._functions = FunctionRegistry(state_dir)
 
 
 @pytest.fixture

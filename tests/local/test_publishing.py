@@ -11,21 +11,14 @@ from databricks.feature_engineering import FeatureFunction, FeatureLookup
 from databricks.ml_features.entities.online_store import DatabricksOnlineStore
 from databricks.ml_features.entities.published_table import PublishedTable
 from databricks.sdk.errors import AlreadyExists
+from publishing_client import PublishingClient as Client
 
 from helpers.local.feature_spec import FeatureSpec, FunctionSpec, LookupSpec
-from helpers.local.functions import FunctionRegistry
 from helpers.local.online_store import OnlineStore
-from helpers.local.publishing import OnlinePublishingMixin, feature_spec_path
-from helpers.local.tables import DeltaTables, TableMeta
+from helpers.local.publishing import feature_spec_path
+from helpers.local.tables import TableMeta
 
 CUSTOMERS = "main.test.customers"
-
-
-class Client(OnlinePublishingMixin):
-    def __init__(self, state_dir: Path) -> None:
-        self._state_dir = state_dir
-        self._tables = DeltaTables(state_dir)
-        self._functions = FunctionRegistry(state_dir)
 
 
 @pytest.fixture
