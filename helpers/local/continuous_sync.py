@@ -28,7 +28,6 @@ import logging
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -38,7 +37,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from helpers.config import PROJECT_ROOT, get_settings
+from helpers.config import get_settings
+from helpers.local import detached
 from helpers.local.online_store import OnlineStore, PublishResult
 from helpers.local.tables import DeltaTables
 
@@ -49,7 +49,6 @@ STOP_TIMEOUT_SECONDS = 20.0
 STREAMING = "ONLINE_CONTINUOUS_UPDATE"  # Databricks' OnlineTableState while a continuous pipeline runs
 FAILED = "ONLINE_PIPELINE_FAILED"
 _MODULE = "helpers.local.continuous_sync"
-_children: dict[int, subprocess.Popen] = {}  # tailers this process started (to reap them)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS _continuous (
@@ -235,29 +234,15 @@ def _remove_pid(state_dir: Path, pid: int) -> None:
         _pid_path(state_dir).unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not: its parent has yet to reap it)."""
-    child = _children.get(pid)
-    if child is not None:
-        return child.poll() is None
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def running_pid(state_dir: Path) -> int | None:
     """The pid of the tailer of ``state_dir``, if one runs."""
-    for pid, child in list(_children.items()):  # reap tailers started here that ended on their own
-        if child.poll() is not None:
-            del _children[pid]
     try:
         pid = int(json.loads(_pid_path(state_dir).read_text())["pid"])
         # A child started here may not have exec'd yet: its cmdline would still be this process's.
-        ours = pid in _children or _MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ours = detached.started_here(pid) or _MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ValueError, KeyError, OSError):
         return None
-    return pid if ours and _alive(pid) else None
+    return pid if ours and detached.alive(pid) else None
 
 
 def ensure_tailer(state_dir: Path) -> int:
@@ -267,14 +252,9 @@ def ensure_tailer(state_dir: Path) -> int:
         pid = running_pid(state_dir)
         if pid is not None:
             return pid
-        env = {**os.environ, "HELPERS_STATE_DIR": str(state_dir), "PYTHONUNBUFFERED": "1"}
-        with open(log_path(state_dir), "ab") as out:
-            child = subprocess.Popen(
-                [sys.executable, "-m", _MODULE, "serve", "--state-dir", str(state_dir)],
-                cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,  # outlives the notebook kernel that published the table
-            )  # fmt: skip
-        _children[child.pid] = child
+        child = detached.spawn(
+            _MODULE, ["serve", "--state-dir", str(state_dir)], state_dir, log_path(state_dir)
+        )
         _pid_path(state_dir).write_text(json.dumps({"pid": child.pid}))
         return child.pid
 
@@ -294,15 +274,7 @@ def stop_tailer(state_dir: Path, timeout: float = STOP_TIMEOUT_SECONDS) -> bool:
     _pid_path(state_dir).unlink(missing_ok=True)
     if pid is None:
         return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-    child = _children.pop(pid, None)
-    if child is not None:
-        child.wait()
+    detached.terminate(pid, timeout)
     return True
 
 

@@ -10,9 +10,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,14 +18,13 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from helpers.config import PROJECT_ROOT
+from helpers.local import detached
 from helpers.local.server.layout import server_info as info_path
 from helpers.local.server.layout import server_lock
 from helpers.local.server.layout import server_log as log_path
 
 START_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 20.0
-_children: dict[int, subprocess.Popen] = {}  # servers this process started (to reap them)
 
 
 @dataclass(frozen=True)
@@ -61,22 +57,6 @@ def remove_info(state_dir: Path, pid: int) -> None:
     info = read_info(state_dir)
     if info is not None and info.pid == pid:
         info_path(state_dir).unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    child = _children.get(pid)
-    if child is not None:
-        return child.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not a server
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _is_server(pid: int) -> bool:
@@ -119,7 +99,7 @@ def _log_tail(state_dir: Path, lines: int = 30) -> str:
 
 def _running(state_dir: Path) -> ServerInfo | None:
     info = read_info(state_dir)
-    return info if info is not None and _alive(info.pid) and healthy(info) else None
+    return info if info is not None and detached.alive(info.pid) and healthy(info) else None
 
 
 def ensure_server(state_dir: Path, timeout: float = START_TIMEOUT_SECONDS) -> ServerInfo:
@@ -134,18 +114,7 @@ def ensure_server(state_dir: Path, timeout: float = START_TIMEOUT_SECONDS) -> Se
 
 
 def _spawn(state_dir: Path, timeout: float) -> ServerInfo:
-    env = {**os.environ, "HELPERS_STATE_DIR": str(state_dir), "PYTHONUNBUFFERED": "1"}
-    with open(log_path(state_dir), "ab") as log:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "helpers.local.server", "serve"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # survives the notebook kernel that started it
-        )
-    _children[child.pid] = child
+    child = detached.spawn("helpers.local.server", ["serve"], state_dir, log_path(state_dir))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.poll() is not None:
@@ -157,26 +126,11 @@ def _spawn(state_dir: Path, timeout: float) -> ServerInfo:
         if info is not None and info.pid == child.pid and healthy(info):
             return info
         time.sleep(0.1)
-    _terminate(child.pid)
+    detached.terminate(child.pid, STOP_TIMEOUT_SECONDS)
     raise RuntimeError(
         f"the local workspace server did not become healthy within {timeout:.0f} s; "
         f"log {log_path(state_dir)}:\n{_log_tail(state_dir)}"
     )
-
-
-def _terminate(pid: int, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-    child = _children.pop(pid, None)
-    if child is not None:
-        child.wait()
 
 
 def stop_server(state_dir: Path) -> bool:
@@ -185,9 +139,9 @@ def stop_server(state_dir: Path) -> bool:
     info = read_info(state_dir)
     if info is None:
         return False
-    running = _alive(info.pid) and _is_server(info.pid)
+    running = detached.alive(info.pid) and _is_server(info.pid)
     if running:
-        _terminate(info.pid)
+        detached.terminate(info.pid, STOP_TIMEOUT_SECONDS)
     remove_info(state_dir, info.pid)
     return running
 
