@@ -89,6 +89,9 @@ class Settings:
     online_store_name: str = "serving-demo-store"
     job_name: str = "shelf_layout_optimization"
     job_endpoint: str = "shelf-layouts"
+    offers_model_name: str = "promo_model"
+    offers_endpoint: str = "customer-offers"
+    live_offers_endpoint: str = "customer-offers-live"
     # The scored events and their entities: the demo's, or your own (``source`` + the column mapping).
     source: str = ""  # CSV or Parquet path (relative to the project root) or a table name; "" = demo data
     entity_key: str = "customer_id"
