@@ -197,3 +197,17 @@ def test_the_model_class_loads_from_its_code_alone(tmp_path: Path) -> None:
     scores = mlflow.pyfunc.load_model(str(path)).predict(frame)
     assert ((scores >= 0) & (scores <= 1)).all()
     assert scores[frame.x > 1.5].mean() > scores[frame.x < 1.5].mean()
+
+
+def test_make_run_starts_kernels_without_a_warning(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """ipykernel warns on every TCP kernel without encryption; `make run` starts them over IPC instead."""
+    import nbformat
+
+    from helpers.run_notebooks import run_notebooks
+
+    notebook = tmp_path / "tiny.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")]), notebook)
+    run_notebooks([notebook], tmp_path / "out")
+    captured = capfd.readouterr()
+    assert "WARNING" not in captured.err, captured.err
+    assert "42" in (tmp_path / "out" / "tiny.ipynb").read_text()
