@@ -161,7 +161,9 @@ def test_notices_and_warnings_are_found() -> None:
     assert noisy_outputs(executed) == ["cell 1: x.py:1: UserWarning: careful", "cell 1: KeyError: 'a'"]
 
 
-def test_the_smoke_switch_caps_the_sizes_of_the_calling_notebook(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_smoke_switch_caps_the_sizes_of_the_calling_notebook(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from helpers import platform
 
     namespace = {"platform": platform, "n_queries": 200, "n_stream": 5, "seed": 42, "n_customers": 2_000}
@@ -173,13 +175,16 @@ def test_the_smoke_switch_caps_the_sizes_of_the_calling_notebook(monkeypatch: py
     assert platform.settings(n_customers=2_000).n_customers == 2_000
 
 
-def test_the_model_class_loads_from_its_code_alone(tmp_path: Path) -> None:
+def test_the_model_class_loads_from_its_code_alone(
+    state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The model holds helpers/models.py itself and the fitted pipeline; it predicts probabilities."""
     import mlflow
     import pandas as pd
 
     from helpers import models
 
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{state_dir / 'mlflow.db'}")
     frame = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0] * 50, "kind": ["a", "b"] * 100})
     label = (frame.x > 1.5).astype(int)
     pipeline = models.classifier(frame, max_iter=5).fit(frame, label)
