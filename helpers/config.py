@@ -89,6 +89,9 @@ class Settings:
     online_store_name: str = "serving-demo-store"
     job_name: str = "shelf_layout_optimization"
     job_endpoint: str = "shelf-layouts"
+    offers_model_name: str = "promo_model"
+    offers_endpoint: str = "customer-offers"
+    live_offers_endpoint: str = "customer-offers-live"
     # The scored events and their entities: the demo's, or your own (``source`` + the column mapping).
     source: str = ""  # CSV or Parquet path (relative to the project root) or a table name; "" = demo data
     entity_key: str = "customer_id"
@@ -130,6 +133,34 @@ class Settings:
 
 
 _ENV_PREFIX = "HELPERS_"
+
+# The one switch for a quick run (tests, CI, a first try): ``HELPERS_SMOKE=1`` caps these notebook
+# parameters at these sizes; a value set smaller (``-p n_queries 5``) stands.
+SMOKE_SIZES: dict[str, int] = {
+    "n_customers": 300,
+    "n_transactions": 3_000,
+    "n_products": 20,
+    "n_stores": 3,
+    "n_queries": 20,
+    "max_iter": 40,
+    "challenger_max_iter": 40,
+    "n_stream": 60,
+    "n_freshness": 3,
+}
+
+
+def smoke_run() -> bool:
+    """True when ``HELPERS_SMOKE`` is set to 1/true/yes: notebooks run at :data:`SMOKE_SIZES`."""
+    return os.environ.get("HELPERS_SMOKE", "").strip().lower() in ("1", "true", "yes")
+
+
+def smoke_sizes(values: dict[str, Any]) -> dict[str, int]:
+    """The integer sizes among ``values`` that a smoke run lowers, with their smoke values."""
+    return {
+        name: SMOKE_SIZES[name]
+        for name, value in values.items()
+        if name in SMOKE_SIZES and isinstance(value, int) and value > SMOKE_SIZES[name]
+    }
 
 
 def _coerce(name: str, value: Any) -> Any:

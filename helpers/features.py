@@ -138,27 +138,3 @@ def entity_feature_names(fe: Any, cfg: Settings) -> list[str]:
     table = fe.get_table(name=cfg.table(cfg.features_table))
     keys = {*table.primary_keys, *(table.timestamp_keys or [])}
     return [name for name in table.features if name not in keys]
-
-
-def event_feature_lookups(cfg: Settings, feature_names: list[str]) -> list:
-    """The model's lookups: entity features point-in-time at the event, plus the ratio UDF if configured."""
-    from databricks.feature_engineering import FeatureFunction, FeatureLookup
-
-    lookups: list = [
-        FeatureLookup(
-            table_name=cfg.table(cfg.features_table),
-            lookup_key=cfg.entity_key,
-            timestamp_lookup_key=cfg.event_timestamp,
-            feature_names=feature_names,
-        )
-    ]
-    ratio = ratio_feature(cfg)
-    if ratio is not None:
-        lookups.append(
-            FeatureFunction(
-                udf_name=ratio.udf_name,
-                input_bindings={"numerator": ratio.numerator, "denominator": ratio.denominator},
-                output_name=ratio.output_name,
-            )
-        )
-    return lookups

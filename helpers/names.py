@@ -107,8 +107,8 @@ class ProjectNames:
     def of(cls, cfg: Settings) -> ProjectNames:
         table = cfg.table
         return cls(
-            offers_endpoint="customer-offers",
-            live_offers_endpoint="customer-offers-live",
+            offers_endpoint=cfg.offers_endpoint,
+            live_offers_endpoint=cfg.live_offers_endpoint,
             model_endpoint=cfg.model_endpoint,
             request_endpoint=f"{cfg.model_endpoint}-request",
             job_endpoint=cfg.job_endpoint,
@@ -132,7 +132,7 @@ class ProjectNames:
             shelf_results_table=table("shelf_layout_results"),
             payload_table=table(f"{cfg.inference_table_prefix}_payload"),
             model=table(cfg.model_name),
-            promo_model=table("promo_model"),
+            promo_model=table(cfg.offers_model_name),
             request_model=table(f"{cfg.model_name}_request"),
             shelf_model=table("shelf_demand_model"),
         )

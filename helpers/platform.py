@@ -18,7 +18,7 @@ import mlflow
 import pandas as pd
 import pyarrow as pa
 
-from helpers.config import PROJECT_ROOT, Settings, get_settings
+from helpers.config import PROJECT_ROOT, Settings, get_settings, smoke_run, smoke_sizes
 
 EXPERIMENT_NAME = "serving-architectures"
 _current: Settings | None = None
@@ -58,14 +58,22 @@ def settings(**overrides: Any) -> Settings:
     """Resolve settings (notebook parameters win over ``HELPERS_*`` variables) and remember them.
 
     On a Databricks cluster, a widget (set by a job's task parameters) wins over the notebook's value of the
-    same name: every parameter of the calling notebook is set from its widget here, first.
+    same name: every parameter of the calling notebook is set from its widget here, first. With
+    ``HELPERS_SMOKE=1`` the notebook's sizes are then capped at ``config.SMOKE_SIZES`` (the one smoke switch).
     """
     global _current
+    caller = inspect.currentframe().f_back  # type: ignore[union-attr]
+    namespace = caller.f_globals if caller else {}
     _current = get_settings(**overrides)
     if _current.backend == "databricks" and os.environ.get("DATABRICKS_RUNTIME_VERSION"):
-        caller = inspect.currentframe().f_back  # type: ignore[union-attr]
-        widgets = _apply_widgets(caller.f_globals) if caller else {}
+        widgets = _apply_widgets(namespace)
         _current = get_settings(**{**overrides, **{k: v for k, v in widgets.items() if k in overrides}})
+    if smoke_run():
+        smaller = smoke_sizes(namespace)
+        namespace.update(smaller)
+        _current = get_settings(**{**overrides, **{k: v for k, v in smaller.items() if k in overrides}})
+        if smaller:
+            print("smoke run (HELPERS_SMOKE=1):", ", ".join(f"{k}={v}" for k, v in smaller.items()))
     if _current.backend == "local":
         _current.state_dir.mkdir(parents=True, exist_ok=True)
         os.environ["HELPERS_STATE_DIR"] = str(_current.state_dir)  # child processes share the same state

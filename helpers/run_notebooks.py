@@ -9,12 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import papermill
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import CaselessStrEnum
 
 from helpers.config import Settings, get_settings
 
 # Notebooks about other use cases than the scored events (customer offers, shelf layouts): they need the demo
 # tables, so they are skipped when the project brings its own source.
 DEMO_DATA_ONLY = ("02_batch_predictions_serving", "05_async_job_pattern")
+
+
+class IpcKernelManager(AsyncKernelManager):
+    """A kernel talking over local IPC sockets instead of TCP: nothing listens on a port, and ipykernel has no
+    reason to warn that a TCP kernel runs without encryption (a line per notebook in `make run`)."""
+
+    transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
 
 
 def for_project(paths: list[Path], cfg: Settings) -> list[Path]:
@@ -38,6 +47,7 @@ def run_notebooks(
             cwd=str(cwd or path.parent),
             progress_bar=False,
             kernel_name="python3",
+            kernel_manager_class=IpcKernelManager,
         )
         elapsed = time.perf_counter() - started
         timings.append((path, elapsed))

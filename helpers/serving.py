@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +14,6 @@ from databricks.sdk.errors import NotFound, ResourceDoesNotExist
 from databricks.sdk.service.serving import (
     AiGatewayInferenceTableConfig,
     EndpointCoreConfigInput,
-    Route,
     ServedEntityInput,
     ServingEndpointDetailed,
     TrafficConfig,
@@ -44,16 +43,6 @@ def served_entity(
         workload_size=workload_size,
         scale_to_zero_enabled=scale_to_zero_enabled,
         name=name,
-    )
-
-
-def traffic_split(percentages: Mapping[str, int]) -> TrafficConfig:
-    """``traffic_config`` sending ``percentages[name]`` % of requests to each served entity (sum: 100)."""
-    total = sum(percentages.values())
-    if total != 100:
-        raise ValueError(f"traffic percentages must add up to 100, got {dict(percentages)} (sum {total})")
-    return TrafficConfig(
-        routes=[Route(served_entity_name=name, traffic_percentage=pct) for name, pct in percentages.items()]
     )
 
 

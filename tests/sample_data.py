@@ -50,3 +50,41 @@ def loan_applications(n: int = 1_500, seed: int = 7) -> pd.DataFrame:
             "defaulted": (rng.random(n) < 1 / (1 + np.exp(-(risk - 2.0)))).astype(int),
         }
     )
+
+
+# A small real table no one here wrote: monthly stock prices shipped with `vega_datasets` (dev extra).
+STOCKS_MAPPING = {
+    "entity_key": "symbol",
+    "event_key": "event_id",
+    "event_timestamp": "date",
+    "label": "up_next_month",
+    "request_columns": "price",
+    "ratio_feature": "price/avg_price_3m",
+    "features_table": "symbol_features",
+    "events_table": "monthly_prices",
+    "model_name": "stock_direction",
+    "model_endpoint": "stock-direction",
+    "catalog": "markets",
+    "schema": "stocks",
+}
+
+
+def stock_events() -> pd.DataFrame:
+    """540 labelled events from vega_datasets' monthly prices of 5 symbols: string keys, "Apr 1 2000"-style
+    dates, the price at the event (request time), the symbol's recent history (attributes) and whether the
+    price is up a month later (the label)."""
+    from vega_datasets import data
+
+    stocks = data.stocks(parse_dates=False)  # symbol, date ("Jan 1 2000"), price
+    stocks = stocks.assign(when=pd.to_datetime(stocks.date, format="%b %d %Y")).sort_values(
+        ["symbol", "when"]
+    )
+    by_symbol = stocks.groupby("symbol").price
+    events = stocks.assign(
+        event_id=stocks.symbol + "-" + stocks.when.dt.strftime("%Y-%m"),
+        avg_price_3m=by_symbol.transform(lambda p: p.shift(1).rolling(3).mean()).round(2),
+        return_1m=by_symbol.transform(lambda p: p.pct_change()).round(4),
+        up_next_month=(by_symbol.shift(-1) > stocks.price).astype(int),
+    )
+    events = events[events.avg_price_3m.notna() & by_symbol.shift(-1).notna()]
+    return events[["symbol", "event_id", "date", "price", "avg_price_3m", "return_1m", "up_next_month"]]

@@ -1,4 +1,5 @@
-"""Smoke runs: every numbered notebook, in order, with papermill, small sizes, in a temporary state dir."""
+"""Smoke runs: every numbered notebook, in order, with papermill, at smoke sizes (``HELPERS_SMOKE=1``), in a
+temporary state dir; their outputs carry no warnings."""
 
 from __future__ import annotations
 
@@ -7,21 +8,12 @@ from pathlib import Path
 
 import papermill
 import pytest
+from test_course import assert_clean_outputs
 
 from helpers.config import PROJECT_ROOT, get_settings
 from helpers.run_notebooks import for_project
 
 NOTEBOOKS = for_project(sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")), get_settings())
-SMALL = {
-    "n_customers": 300,
-    "n_transactions": 3_000,
-    "n_products": 20,
-    "n_stores": 3,
-    "n_queries": 20,
-    "max_iter": 40,
-    "challenger_max_iter": 40,
-    "n_stream": 60,
-}
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +22,7 @@ def shared_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     state = tmp_path_factory.mktemp("notebook_state")
     patch = pytest.MonkeyPatch()
     patch.setenv("HELPERS_STATE_DIR", str(state))
+    patch.setenv("HELPERS_SMOKE", "1")  # the notebooks' sizes capped at config.SMOKE_SIZES
     patch.delenv("MLFLOW_TRACKING_URI", raising=False)
     yield state
     from helpers.local.continuous_sync import stop_tailer
@@ -42,16 +35,14 @@ def shared_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(notebook: Path, shared_state: Path, tmp_path: Path) -> None:
-    declared = papermill.inspect_notebook(str(notebook))
-    parameters = {k: v for k, v in SMALL.items() if k in declared}
     papermill.execute_notebook(
         str(notebook),
         str(tmp_path / notebook.name),
-        parameters=parameters,
         cwd=str(notebook.parent),
         kernel_name="python3",
         progress_bar=False,
     )
+    assert_clean_outputs(tmp_path / notebook.name)
 
 
 def test_teardown_deletes_what_the_notebooks_created(shared_state: Path, tmp_path: Path) -> None:
