@@ -92,7 +92,9 @@ class ModelScorer:
         self._model = model
         self._schema = model.metadata.get_input_schema()
         self._lookup = _lookup_model(model)
-        self._types = _column_types(self._schema) if self._lookup is not None else None
+        # A params schema would give ``predict`` default params: only MLflow's path applies them.
+        plain = self._lookup is not None and model.metadata.get_params_schema() is None
+        self._types = _column_types(self._schema) if plain else None
 
     def answer(self, invocations: list[Invocation]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(invocations)
