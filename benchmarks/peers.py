@@ -115,14 +115,14 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> 
 
 
 @contextmanager
-def _server(command: list[str], cwd: Path, health: str, log: Path, env: dict[str, str]) -> Iterator[None]:
+def _server(command: list[str], cwd: Path, health: str, log: Path, env: dict[str, str]) -> Iterator[int]:
     with log.open("w") as out:
         proc = subprocess.Popen(
             command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     try:
         _wait_ready(health, proc, 180, log)
-        yield
+        yield proc.pid
     finally:
         proc.terminate()
         try:
@@ -133,8 +133,8 @@ def _server(command: list[str], cwd: Path, health: str, log: Path, env: dict[str
 
 
 @contextmanager
-def feast_serve(venv: Path, repo: Path, work: Path, workers: int) -> Iterator[str]:
-    """``feast serve --workers <workers>`` on 127.0.0.1; yields the ``/get-online-features`` URL."""
+def feast_serve(venv: Path, repo: Path, work: Path, workers: int) -> Iterator[tuple[str, int]]:
+    """``feast serve --workers <workers>`` on 127.0.0.1; yields the ``/get-online-features`` URL, the pid."""
     port = free_port()
     # No access log and no worker recycling (its default restarts a worker every ~1,000 requests, which
     # would put restarts into Feast's tail latency).
@@ -142,13 +142,14 @@ def feast_serve(venv: Path, repo: Path, work: Path, workers: int) -> Iterator[st
     command += ["--workers", str(workers), "--no-access-log", "--max-requests", "100000000"]
     with _server(
         command, repo, f"http://127.0.0.1:{port}/health", work / "feast-serve.log", dict(os.environ)
-    ):
-        yield f"http://127.0.0.1:{port}/get-online-features"
+    ) as pid:
+        yield f"http://127.0.0.1:{port}/get-online-features", pid
 
 
 @contextmanager
-def mlflow_serve(model_uri: str, work: Path, workers: int) -> Iterator[str]:
-    """``mlflow models serve -w <workers>`` (project venv, ``--env-manager local``); yields ``/invocations``.
+def mlflow_serve(model_uri: str, work: Path, workers: int) -> Iterator[tuple[str, int]]:
+    """``mlflow models serve -w <workers>`` (project venv, ``--env-manager local``); yields the
+    ``/invocations`` URL and the pid.
 
     Each worker scores with one OpenMP/BLAS thread, as the local twin's model process does: one worker per
     core with a thread per core each would have every worker's trees wait for a busy core.
@@ -171,5 +172,7 @@ def mlflow_serve(model_uri: str, work: Path, workers: int) -> Iterator[str]:
         "-w",
         str(workers),
     ]
-    with _server(command, PROJECT_ROOT, f"http://127.0.0.1:{port}/ping", work / "mlflow-serve.log", env):
-        yield f"http://127.0.0.1:{port}/invocations"
+    with _server(
+        command, PROJECT_ROOT, f"http://127.0.0.1:{port}/ping", work / "mlflow-serve.log", env
+    ) as pid:
+        yield f"http://127.0.0.1:{port}/invocations", pid

@@ -42,6 +42,7 @@ class Row:
     runs: list[tuple[float, float]] | None = None  # (rps, p99 ms) of every run; the row shows the fastest
     cpu_us: float | None = None  # the server's CPU time per request, all its threads (logging runs)
     workers: int | None = None  # a peer server's worker processes
+    busiest_share: list[float] | None = None  # per run: a peer's busiest process's share of its CPU time
 
 
 def peer(name: str, workers: int) -> str:

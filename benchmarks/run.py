@@ -119,12 +119,19 @@ def main(argv: list[str] | None = None) -> int:
         *,
         duration: float | None = None,
         repeat: int | None = None,
+        pid: int | None = None,
     ) -> list[Row]:
-        """``repeat`` runs per concurrency, back to back after one warm-up; a row with the fastest."""
+        """``repeat`` runs per concurrency, back to back after one warm-up; a row with the fastest.
+
+        With the ``pid`` of a peer server, each run also records its busiest process's share of the CPU time
+        its processes used (warm-up included): whether its workers shared the load.
+        """
         out = []
         for c in concurrency or args.concurrency:
-            runs = []
+            runs, shares = [], []
             for i in range(repeat or args.repeat):
+                processes = psutil.Process(pid).children(recursive=True) if pid else []
+                before = [sum(p.cpu_times()[:2]) for p in processes]
                 res = run_load(
                     url,
                     bodies,
@@ -134,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                     warmup=args.warmup if i == 0 else 0.0,
                     headers=headers,
                 )
+                used = [sum(p.cpu_times()[:2]) - b for p, b in zip(processes, before, strict=True)]
+                if sum(used) > 0:
+                    shares.append(max(used) / sum(used))
                 print(
                     f"  {workload:<16} {system:<22} c={c:<3} {res.rps:9.1f} rps  p50 {res.p50_ms:7.2f}  "
                     f"p99 {res.p99_ms:7.2f} ms  errors {res.errors}/{res.requests}"
@@ -152,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
             out.append(report.fastest(runs))
+            out[-1].busiest_share = shares or None
         return out
 
     rows: list[Row] = [Row("publish rows", OURS, None, args.customers / built.timings["publish_s"])]
@@ -227,13 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(Row("publish rows", "feast materialize", None, args.customers / seconds))
         names = [f"{peers.FEAST_VIEW}:{c}" for c in b.FEATURES]
         for workers in peer_workers:
-            with peers.feast_serve(venv, repo, WORK, workers) as url:
+            with peers.feast_serve(venv, repo, WORK, workers) as (url, pid):
                 for workload, keys in workloads.items():
                     bodies = [_json({"features": names, "entities": {"customer_id": ks}}) for ks in keys]
                     _check(url, bodies[0], {})
-                    rows += _with_workers(
-                        load(workload, report.peer("feast serve (sqlite)", workers), url, bodies, {}), workers
-                    )
+                    system = report.peer("feast serve (sqlite)", workers)
+                    rows += _with_workers(load(workload, system, url, bodies, {}, pid=pid), workers)
 
     bodies = []
     for r in requests:
@@ -241,10 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         record = {c: (features[c] if c in b.FEATURES else r[c]) for c in built.model_columns}
         bodies.append(_json({"dataframe_records": [record]}))
     for workers in peer_workers:
-        with peers.mlflow_serve(built.plain_model_uri, WORK, workers) as url:
+        with peers.mlflow_serve(built.plain_model_uri, WORK, workers) as (url, pid):
             _check(url, bodies[0], {})
             system = report.peer("mlflow models serve", workers)
-            rows += _with_workers(load("fraud model", system, url, bodies, {}), workers)
+            rows += _with_workers(load("fraud model", system, url, bodies, {}, pid=pid), workers)
 
     print("local twin: continuous publish, commit-to-online time of single-row merges")
     fresh = freshness.continuous_freshness(state_dir, args.customers, seed=args.seed)
@@ -323,6 +333,13 @@ def _every_run(rows: list[Row]) -> str:
             ratios = [b[0] / a[0] for a, b in zip(off, on, strict=True) if a[0] > 0]
             lines.append(f"- logging on ÷ off, pair by pair, c={c}: {', '.join(f'{x:.3f}' for x in ratios)}")
     lines += [f"- local twin ÷ one-worker peer, {line}" for line in report.one_worker_ratios(rows)]
+    for r in rows:
+        if r.busiest_share and (r.workers or 0) > 1:
+            shares = ", ".join(f"{x:.0%}" for x in r.busiest_share)
+            lines.append(
+                f"- {r.system}, {r.workload}, c={r.concurrency}: the busiest process's share of the CPU its "
+                f"processes used, run by run: {shares}"
+            )
     for r in rows:
         if r.cpu_us is not None:
             lines.append(
