@@ -22,13 +22,15 @@ def continuous_freshness(state_dir: Path, n_rows: int, n_writes: int = 10, seed:
     from the merge's return (its commit) to the new value being read from the online store; then clean up."""
     fe = LocalFeatureEngineeringClient(state_dir)
     store_reader = OnlineStore(state_dir)
-    if DeltaTables(state_dir).exists(TABLE):  # left over by an interrupted run
+    tables = DeltaTables(state_dir)
+    if tables.exists(TABLE):  # left over by an interrupted run
         fe.drop_table(name=TABLE)
     fe.create_table(
         name=TABLE,
         primary_keys=["customer_id"],
         df=pd.DataFrame({"customer_id": np.arange(n_rows), "value": np.zeros(n_rows)}),
     )
+    tables.set_properties(TABLE, {"delta.enableChangeDataFeed": "true"})  # CONTINUOUS needs the feed
     store = fe.get_online_store(name="bench-store") or fe.create_online_store(
         name="bench-store", capacity="CU_1"
     )

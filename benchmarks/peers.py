@@ -19,6 +19,7 @@ import pandas as pd
 from helpers.config import PROJECT_ROOT
 
 FEAST_VIEW = "customer_stats"
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def free_port() -> int:
@@ -114,14 +115,14 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> 
 
 
 @contextmanager
-def _server(command: list[str], cwd: Path, health: str, log: Path, env: dict[str, str]) -> Iterator[None]:
+def _server(command: list[str], cwd: Path, health: str, log: Path, env: dict[str, str]) -> Iterator[int]:
     with log.open("w") as out:
         proc = subprocess.Popen(
             command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     try:
         _wait_ready(health, proc, 180, log)
-        yield
+        yield proc.pid
     finally:
         proc.terminate()
         try:
@@ -132,25 +133,30 @@ def _server(command: list[str], cwd: Path, health: str, log: Path, env: dict[str
 
 
 @contextmanager
-def feast_serve(venv: Path, repo: Path, work: Path) -> Iterator[str]:
-    """``feast serve`` on 127.0.0.1; yields the ``/get-online-features`` URL."""
+def feast_serve(venv: Path, repo: Path, work: Path, workers: int) -> Iterator[tuple[str, int]]:
+    """``feast serve --workers <workers>`` on 127.0.0.1; yields the ``/get-online-features`` URL, the pid."""
     port = free_port()
-    # One worker like the local twin; no access log and no worker recycling (its default restarts the worker
-    # every ~1,000 requests, which would put restarts into Feast's tail latency).
-    command = [str(venv / "bin" / "feast"), "serve", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
-    command += ["--no-access-log", "--max-requests", "100000000"]
+    # No access log and no worker recycling (its default restarts a worker every ~1,000 requests, which
+    # would put restarts into Feast's tail latency).
+    command = [str(venv / "bin" / "feast"), "serve", "-h", "127.0.0.1", "-p", str(port)]
+    command += ["--workers", str(workers), "--no-access-log", "--max-requests", "100000000"]
     with _server(
         command, repo, f"http://127.0.0.1:{port}/health", work / "feast-serve.log", dict(os.environ)
-    ):
-        yield f"http://127.0.0.1:{port}/get-online-features"
+    ) as pid:
+        yield f"http://127.0.0.1:{port}/get-online-features", pid
 
 
 @contextmanager
-def mlflow_serve(model_uri: str, work: Path) -> Iterator[str]:
-    """``mlflow models serve`` (project venv, ``--env-manager local``); yields the ``/invocations`` URL."""
+def mlflow_serve(model_uri: str, work: Path, workers: int) -> Iterator[tuple[str, int]]:
+    """``mlflow models serve -w <workers>`` (project venv, ``--env-manager local``); yields the
+    ``/invocations`` URL and the pid.
+
+    Each worker scores with one OpenMP/BLAS thread, as the local twin's model process does: one worker per
+    core with a thread per core each would have every worker's trees wait for a busy core.
+    """
     port = free_port()
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", **ONE_THREAD}
     command = [
         str(bin_dir / "mlflow"),
         "models",
@@ -163,6 +169,10 @@ def mlflow_serve(model_uri: str, work: Path) -> Iterator[str]:
         "127.0.0.1",
         "-p",
         str(port),
+        "-w",
+        str(workers),
     ]
-    with _server(command, PROJECT_ROOT, f"http://127.0.0.1:{port}/ping", work / "mlflow-serve.log", env):
-        yield f"http://127.0.0.1:{port}/invocations"
+    with _server(
+        command, PROJECT_ROOT, f"http://127.0.0.1:{port}/ping", work / "mlflow-serve.log", env
+    ) as pid:
+        yield f"http://127.0.0.1:{port}/invocations", pid

@@ -41,6 +41,13 @@ class Row:
     ratio: float | None = None  # ours ÷ peer (throughput); logging on ÷ off
     runs: list[tuple[float, float]] | None = None  # (rps, p99 ms) of every run; the row shows the fastest
     cpu_us: float | None = None  # the server's CPU time per request, all its threads (logging runs)
+    workers: int | None = None  # a peer server's worker processes
+    busiest_share: list[float] | None = None  # per run: a peer's busiest process's share of its CPU time
+
+
+def peer(name: str, workers: int) -> str:
+    """A peer's system name with its worker count: ``mlflow models serve, 2 workers``."""
+    return f"{name}, {workers} worker{'s' if workers > 1 else ''}"
 
 
 def fastest(runs: list[Row]) -> Row:
@@ -60,13 +67,38 @@ def fastest(runs: list[Row]) -> Row:
     )
 
 
+def fair_peers(rows: list[Row]) -> dict[tuple[str, int | None], Row]:
+    """The peer each local twin row is compared with: per workload and concurrency, the most workers."""
+    peers: dict[tuple[str, int | None], Row] = {}
+    for r in rows:
+        if r.system in (OURS, LOGGED, UNLOGGED):
+            continue
+        best = peers.get((r.workload, r.concurrency))
+        if best is None or (r.workers or 0) > (best.workers or 0):
+            peers[(r.workload, r.concurrency)] = r
+    return peers
+
+
 def add_ratios(rows: list[Row]) -> None:
-    """Set ``ratio`` on the local twin's rows: its rate over the peer's (same workload and concurrency)."""
-    peers = {(r.workload, r.concurrency): r for r in rows if r.system not in (OURS, LOGGED, UNLOGGED)}
+    """Set ``ratio`` on the local twin's rows: its rate over its fair peer's (``fair_peers``)."""
+    peers = fair_peers(rows)
     for row in rows:
         base = peers.get((row.workload, row.concurrency)) if row.system == OURS else None
         if base is not None and base.rps > 0:
             row.ratio = row.rps / base.rps
+
+
+def one_worker_ratios(rows: list[Row]) -> list[str]:
+    """The local twin's rate over the one-worker peer's, where that is not the fair peer already."""
+    ours = {(r.workload, r.concurrency): r for r in rows if r.system == OURS}
+    fair = fair_peers(rows)
+    lines = []
+    for r in rows:
+        key = (r.workload, r.concurrency)
+        twin = ours.get(key)
+        if r.workers == 1 and twin is not None and fair.get(key) is not r and r.rps > 0:
+            lines.append(f"{r.workload}, c={r.concurrency}: {twin.rps / r.rps:.2f}× {r.system}")
+    return lines
 
 
 def _f(value: float | None, digits: int = 1) -> str:
@@ -135,7 +167,12 @@ def plot(rows: list[Row], path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    timed = [r for r in rows if r.p99_ms is not None and r.system not in (LOGGED, UNLOGGED)]
+    fair = fair_peers(rows)
+    timed = [
+        r
+        for r in rows
+        if r.p99_ms is not None and (r.system == OURS or fair.get((r.workload, r.concurrency)) is r)
+    ]
     groups = list(dict.fromkeys((r.workload, r.concurrency) for r in timed))
     systems = list(dict.fromkeys(r.system if r.system == OURS else "peer" for r in timed))
     labels = [f"{w}\nc={c}" for w, c in groups]

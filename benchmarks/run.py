@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--logging-duration", type=float, default=6.0, help="measured seconds per logging off/on run"
     )
+    parser.add_argument(
+        "--cores", type=int, default=os.cpu_count() or 1, help="worker processes per peer (default: cores)"
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-feast", action="store_true", help="no Feast peer (no venv install)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20,000 customers, 5 s runs")
@@ -53,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.customers, args.duration, args.warmup = min(args.customers, 20_000), 5.0, 1.0
         args.logging_pairs, args.logging_duration, args.repeat = 2, 3.0, 1
-    for name in ("customers", "train_customers"):
+    for name in ("customers", "train_customers", "cores"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.logging_pairs < 1 or args.logging_duration <= 0 or args.repeat < 1:
@@ -116,12 +119,19 @@ def main(argv: list[str] | None = None) -> int:
         *,
         duration: float | None = None,
         repeat: int | None = None,
+        pid: int | None = None,
     ) -> list[Row]:
-        """``repeat`` runs per concurrency, back to back after one warm-up; a row with the fastest."""
+        """``repeat`` runs per concurrency, back to back after one warm-up; a row with the fastest.
+
+        With the ``pid`` of a peer server, each run also records its busiest process's share of the CPU time
+        its processes used (warm-up included): whether its workers shared the load.
+        """
         out = []
         for c in concurrency or args.concurrency:
-            runs = []
+            runs, shares = [], []
             for i in range(repeat or args.repeat):
+                processes = psutil.Process(pid).children(recursive=True) if pid else []
+                before = [sum(p.cpu_times()[:2]) for p in processes]
                 res = run_load(
                     url,
                     bodies,
@@ -131,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                     warmup=args.warmup if i == 0 else 0.0,
                     headers=headers,
                 )
+                used = [sum(p.cpu_times()[:2]) - b for p, b in zip(processes, before, strict=True)]
+                if sum(used) > 0:
+                    shares.append(max(used) / sum(used))
                 print(
                     f"  {workload:<16} {system:<22} c={c:<3} {res.rps:9.1f} rps  p50 {res.p50_ms:7.2f}  "
                     f"p99 {res.p99_ms:7.2f} ms  errors {res.errors}/{res.requests}"
@@ -149,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
             out.append(report.fastest(runs))
+            out[-1].busiest_share = shares or None
         return out
 
     rows: list[Row] = [Row("publish rows", OURS, None, args.customers / built.timings["publish_s"])]
@@ -208,6 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_server(state_dir)
 
+    # Each peer gets as many worker processes as the machine has cores (the local twin uses a server process
+    # and a process per served model), and is measured with one worker too.
+    peer_workers = sorted({args.cores, 1}, reverse=True)
+    extra_facts["peers"] = (
+        f"`feast serve --workers N` and `mlflow models serve -w N`, N = {args.cores} (the cores) and N = 1; "
+        "ratio = local twin ÷ the peer with N = cores"
+    )
     if not args.skip_feast:
         venv = peers.feast_venv(WORK)
         extra_facts["feast"] = peers.feast_version(venv)
@@ -215,21 +236,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"feast: apply + materialize {args.customers:,} rows")
         seconds = peers.feast_apply_materialize(venv, repo, built.features)
         rows.append(Row("publish rows", "feast materialize", None, args.customers / seconds))
-        with peers.feast_serve(venv, repo, WORK) as url:
-            names = [f"{peers.FEAST_VIEW}:{c}" for c in b.FEATURES]
-            for workload, keys in workloads.items():
-                bodies = [_json({"features": names, "entities": {"customer_id": ks}}) for ks in keys]
-                _check(url, bodies[0], {})
-                rows += load(workload, "feast serve (sqlite)", url, bodies, {})
+        names = [f"{peers.FEAST_VIEW}:{c}" for c in b.FEATURES]
+        for workers in peer_workers:
+            with peers.feast_serve(venv, repo, WORK, workers) as (url, pid):
+                for workload, keys in workloads.items():
+                    bodies = [_json({"features": names, "entities": {"customer_id": ks}}) for ks in keys]
+                    _check(url, bodies[0], {})
+                    system = report.peer("feast serve (sqlite)", workers)
+                    rows += _with_workers(load(workload, system, url, bodies, {}, pid=pid), workers)
 
-    with peers.mlflow_serve(built.plain_model_uri, WORK) as url:
-        bodies = []
-        for r in requests:
-            features = by_id.loc[r["customer_id"]]
-            record = {c: (features[c] if c in b.FEATURES else r[c]) for c in built.model_columns}
-            bodies.append(_json({"dataframe_records": [record]}))
-        _check(url, bodies[0], {})
-        rows += load("fraud model", "mlflow models serve", url, bodies, {})
+    bodies = []
+    for r in requests:
+        features = by_id.loc[r["customer_id"]]
+        record = {c: (features[c] if c in b.FEATURES else r[c]) for c in built.model_columns}
+        bodies.append(_json({"dataframe_records": [record]}))
+    for workers in peer_workers:
+        with peers.mlflow_serve(built.plain_model_uri, WORK, workers) as (url, pid):
+            _check(url, bodies[0], {})
+            system = report.peer("mlflow models serve", workers)
+            rows += _with_workers(load("fraud model", system, url, bodies, {}, pid=pid), workers)
 
     print("local twin: continuous publish, commit-to-online time of single-row merges")
     fresh = freshness.continuous_freshness(state_dir, args.customers, seed=args.seed)
@@ -256,6 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copyfile(RESULTS / "latest.png", RESULTS / f"{stamp}.png")
     print(f"wrote {RESULTS / 'latest.md'} and {RESULTS / 'latest.png'}")
     return 0
+
+
+def _with_workers(rows: list[Row], workers: int) -> list[Row]:
+    for row in rows:
+        row.workers = workers
+    return rows
 
 
 def paired_runs(
@@ -301,6 +332,14 @@ def _every_run(rows: list[Row]) -> str:
         if off and on:
             ratios = [b[0] / a[0] for a, b in zip(off, on, strict=True) if a[0] > 0]
             lines.append(f"- logging on ÷ off, pair by pair, c={c}: {', '.join(f'{x:.3f}' for x in ratios)}")
+    lines += [f"- local twin ÷ one-worker peer, {line}" for line in report.one_worker_ratios(rows)]
+    for r in rows:
+        if r.busiest_share and (r.workers or 0) > 1:
+            shares = ", ".join(f"{x:.0%}" for x in r.busiest_share)
+            lines.append(
+                f"- {r.system}, {r.workload}, c={r.concurrency}: the busiest process's share of the CPU its "
+                f"processes used, run by run: {shares}"
+            )
     for r in rows:
         if r.cpu_us is not None:
             lines.append(
@@ -319,7 +358,10 @@ def _document(args: argparse.Namespace, rows: list[Row], facts: str, seconds: fl
         f"## Benchmark results ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, `{command}`, "
         f"{seconds / 60:.1f} min)\n\n"
         f"{report.table(rows)}\n\n"
-        "rps = requests/s (rows/s for `publish rows` and `score_batch rows`); ratio = local twin ÷ peer. "
+        "rps = requests/s (rows/s for `publish rows` and `score_batch rows`); ratio = local twin ÷ the peer "
+        f"with {args.cores} workers, one per core (the local twin runs a server process, plus one process "
+        "per served model version); the ratios to the one-worker peers are listed below. Each peer worker "
+        "and the twin's model process score with one OpenMP/BLAS thread. "
         f"Each row is the fastest of {args.repeat} back-to-back runs of {args.duration:g} s (after one "
         "warm-up), as `timeit` takes the fastest: on a shared machine other work only ever slows a run down; "
         "errors and requests count every run, and every run is listed below.\n"

@@ -139,3 +139,43 @@ def resolve_records(
             for col in spec.exclude_columns:
                 row.pop(col, None)
     return rows
+
+
+def resolve_columns(
+    spec: FeatureSpec,
+    columns: dict[str, list[Any]],
+    n_rows: int,
+    reader: FeatureReader,
+    functions: FunctionResolver,
+) -> dict[str, list[Any]]:
+    """``resolve_records`` for rows that all carry the same columns, column by column (a new dict).
+
+    Each lookup reads the online store once for all ``n_rows`` rows; values and errors are those
+    ``resolve_records`` gives the same rows.
+    """
+    out = dict(columns)
+    for lk in spec.lookups:
+        missing = [k for k in lk.lookup_key if k not in out]
+        if missing:
+            raise KeyError(f"request is missing lookup key column(s) {missing} for table {lk.table_name}")
+        keys = list(zip(*(out[k] for k in lk.lookup_key), strict=True))
+        found = reader.read_latest(lk.table_name, keys, lk.feature_names)
+        for feature in lk.feature_names:
+            name = lk.output_name(feature)
+            if name in out:
+                continue
+            default = lk.default_values.get(feature)
+            values = (None if row is None else row.get(feature) for row in found)
+            out[name] = [default if value is None else value for value in values]
+    for fn in spec.functions:
+        udf = functions(fn.udf_name)
+        if fn.output_name in out:
+            continue
+        missing = [c for c in fn.input_bindings.values() if c not in out]
+        if missing:
+            raise KeyError(f"request is missing column(s) {missing} needed by function {fn.udf_name}")
+        bound = [(p, out[c]) for p, c in fn.input_bindings.items()]
+        out[fn.output_name] = [udf(**{p: values[i] for p, values in bound}) for i in range(n_rows)]
+    for col in spec.exclude_columns:
+        out.pop(col, None)
+    return out

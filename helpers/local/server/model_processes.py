@@ -14,6 +14,14 @@ schema (which fixes the column types), are parsed and scored in one ``predict`` 
 split back by rows; any other request is answered alone. A batch that fails, or whose answer is not one
 prediction per row, is answered again request by request, so each request gets its own answer or error.
 
+A model logged with a training set (``FeatureLookupModel``) takes a shorter path for requests, in any input
+format, whose values already have its signature's types: they are read straight into columns, the batch's
+features looked up column by column, and the lookup model's ``predict_columns`` called once, skipping MLflow's
+parsing into pandas and its schema checks, whose result for such requests is known. Profiled on the
+benchmark's fraud model: a batch cost ~1.7 ms of CPU, of which the trees ~0.3 ms and MLflow's parsing, schema
+checks and frames most of the rest; now ~0.7 ms. Every other request, and any that fails on this path, goes
+through MLflow's parser as before, so answers and errors are the same.
+
 Replicas are supervised, as Databricks supervises its serving containers: a replica whose process dies
 (SIGKILL, the OOM killer, a crash in native code, an exception outside the per-request guard) or that runs
 past the execution limit (it is killed then) is started again, after a pause that doubles with each failed
@@ -40,9 +48,11 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc.scoring_server import infer_and_parse_data
+from mlflow.types.schema import ColSpec, DataType, Schema
 from mlflow.utils.proto_json_utils import _get_jsonable_obj
 from threadpoolctl import threadpool_limits
 
+from helpers.local.lookup_model import FeatureLookupModel
 from helpers.local.online_store import KeyTypeError
 from helpers.local.server.errors import (
     ApiError,
@@ -52,6 +62,7 @@ from helpers.local.server.errors import (
     timed_out,
     unavailable,
 )
+from helpers.local.server.parsing import typed_columns
 from helpers.local.server.predictors import Predictor
 from helpers.local.server.records import Health
 
@@ -80,11 +91,20 @@ class ModelScorer:
     def __init__(self, model: Any) -> None:
         self._model = model
         self._schema = model.metadata.get_input_schema()
+        self._lookup = _lookup_model(model)
+        # A params schema would give ``predict`` default params: only MLflow's path applies them.
+        plain = self._lookup is not None and model.metadata.get_params_schema() is None
+        self._types = _column_types(self._schema) if plain else None
 
     def answer(self, invocations: list[Invocation]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(invocations)
+        typed = [(i, t) for i, inv in enumerate(invocations) if (t := self._typed(inv)) is not None]
+        results = self._predict_columns([t for _, t in typed]) if typed else None
+        if results is not None:
+            for (i, _), result in zip(typed, results, strict=True):
+                outcomes[i] = (True, _answer(result))
         columns = [_columns(invocation) for invocation in invocations]
-        pending = list(range(len(invocations)))
+        pending = [i for i, outcome in enumerate(outcomes) if outcome is None]
         while pending:
             first = pending[0]
             group = [first]
@@ -114,12 +134,27 @@ class ModelScorer:
             output = self._predict("dataframe_records", rows, group[0][2])
         except ApiError:  # each invocation is answered alone, and gets its own error
             return None
-        if not isinstance(output, (np.ndarray, pd.Series, pd.DataFrame, list)) or len(output) != sum(sizes):
+        return _split(output, sizes)
+
+    def _typed(self, invocation: Invocation) -> tuple[dict[str, list[Any]], int] | None:
+        """The columns of an invocation the lookup model can take as they are (see ``typed_columns``)."""
+        input_format, payload, params = invocation
+        if self._types is None or params is not None:
             return None
-        bounds = list(pairwise(np.cumsum([0, *sizes]).tolist()))
-        if isinstance(output, (pd.Series, pd.DataFrame)):
-            return [output.iloc[a:b] for a, b in bounds]
-        return [output[a:b] for a, b in bounds]
+        return typed_columns(input_format, payload, self._types)
+
+    def _predict_columns(self, group: list[tuple[dict[str, list[Any]], int]]) -> list[Any] | None:
+        """One answer per typed invocation from one columnar ``predict`` of the lookup model, without MLflow's
+        parsing and schema enforcement (their result for such input is known); ``None`` if that fails, and
+        each invocation is then answered alone by the full path, with its own answer or error."""
+        assert self._lookup is not None and self._types is not None
+        sizes = [n for _, n in group]
+        columns = {name: [v for values, _ in group for v in values[name]] for name in self._types}
+        try:
+            output = self._lookup.predict_columns(columns, sum(sizes))
+        except Exception:
+            return None
+        return _split(output, sizes)
 
     def _predict(self, input_format: str, payload: Any, params: dict[str, Any] | None) -> Any:
         try:
@@ -136,6 +171,35 @@ class ModelScorer:
             raise model_error(err.message) from None
         except Exception as err:  # the model's own failure is the caller's 400, as on Databricks
             raise model_error(MODEL_ERROR.format(error=err)) from None
+
+
+def _split(output: Any, sizes: list[int]) -> list[Any] | None:
+    """``output`` cut into one part per invocation of ``sizes`` rows; ``None`` if it is not one per row."""
+    if not isinstance(output, (np.ndarray, pd.Series, pd.DataFrame, list)) or len(output) != sum(sizes):
+        return None
+    bounds = list(pairwise(np.cumsum([0, *sizes]).tolist()))
+    if isinstance(output, (pd.Series, pd.DataFrame)):
+        return [output.iloc[a:b] for a, b in bounds]
+    return [output[a:b] for a, b in bounds]
+
+
+def _lookup_model(model: Any) -> FeatureLookupModel | None:
+    """The ``FeatureLookupModel`` inside a pyfunc (a model logged with a training set), if it is one."""
+    try:
+        python_model = model.unwrap_python_model()
+    except MlflowException:
+        return None
+    return python_model if isinstance(python_model, FeatureLookupModel) else None
+
+
+def _column_types(schema: Schema | None) -> dict[str, str] | None:
+    """Column -> MLflow type name of a named column schema; ``None`` for none or any other schema."""
+    if schema is None or schema.is_tensor_spec() or not schema.has_input_names():
+        return None
+    inputs = schema.inputs
+    if not all(isinstance(spec, ColSpec) and isinstance(spec.type, DataType) for spec in inputs):
+        return None
+    return {spec.name: spec.type.name for spec in inputs}
 
 
 def _columns(invocation: Invocation) -> tuple[str, ...] | None:

@@ -6,11 +6,12 @@ Pure functions of the request (and of whether a name is a feature spec): nothing
 from __future__ import annotations
 
 import getpass
+import math
 import re
 from collections.abc import Callable
 from typing import Any
 
-from helpers.local.server.errors import bad_request
+from helpers.local.server.errors import ApiError, bad_request
 from helpers.local.server.inference_tables import InferenceTableConfig
 from helpers.local.server.limits import decode_json
 from helpers.local.server.records import EndpointConfig, ServedEntity
@@ -85,6 +86,68 @@ def request_records(input_format: str, payload: Any) -> list[dict[str, Any]]:
     if not records:
         raise bad_request(f"{input_format} holds no rows")
     return records
+
+
+def typed_columns(
+    input_format: str, payload: Any, types: dict[str, str]
+) -> tuple[dict[str, list[Any]], int] | None:
+    """(columns, row count) of a request whose rows carry exactly the columns ``types`` names (column ->
+    MLflow type: ``long``, ``double``, ``string`` or ``boolean``), each value already of its column's type;
+    ``None`` for any other request, which MLflow's own parser then reads (and rejects with its errors).
+
+    For such a request every input format gives what MLflow's parsing and schema enforcement give: a JSON
+    integer for ``long``, a finite number as a float for ``double``, a string, a boolean.
+    """
+    if input_format == "dataframe_split" and not (isinstance(payload, dict) and set(payload) == _SPLIT):
+        return None  # an "index" or unknown keys: MLflow's reading decides
+    try:
+        records = request_records(input_format, payload)
+    except ApiError:
+        return None
+    names = set(types)
+    if len(names) != len(types) or not all(len(r) == len(names) and r.keys() == names for r in records):
+        return None
+    columns: dict[str, list[Any]] = {}
+    for name, kind in types.items():
+        convert = _TYPED.get(kind)
+        if convert is None:
+            return None
+        values = [convert(r[name]) for r in records]
+        if _NOT_TYPED in values:
+            return None
+        columns[name] = values
+    return columns, len(records)
+
+
+_SPLIT = {"columns", "data"}
+_NOT_TYPED = object()
+_INT64 = range(-(2**63), 2**63)
+
+
+def _long(value: Any) -> Any:
+    return value if type(value) is int and value in _INT64 else _NOT_TYPED
+
+
+def _double(value: Any) -> Any:
+    if type(value) is float:
+        return value if math.isfinite(value) else _NOT_TYPED
+    return float(value) if type(value) is int and value in _INT64 else _NOT_TYPED
+
+
+def _string(value: Any) -> Any:
+    return value if type(value) is str and (value.isascii() or _is_text(value)) else _NOT_TYPED
+
+
+def _boolean(value: Any) -> Any:
+    return value if type(value) is bool else _NOT_TYPED
+
+
+_TYPED: dict[str, Callable[[Any], Any]] = {
+    "long": _long,
+    "double": _double,
+    "string": _string,
+    "boolean": _boolean,
+}
 
 
 # Endpoint bodies ------------------------------------------------------------------------------------------
