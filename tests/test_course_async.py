@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import papermill
 import pytest
+import yaml
 
 from helpers import shelf
 from helpers.config import PROJECT_ROOT
@@ -56,8 +58,34 @@ NOTEBOOK_CALLS: dict[str, list[str]] = {
         "platform.notebook_exit(",
     ],
     "07_monitoring_inference_tables": [
+        "spark.catalog.tableExists(",
         "spark.table(",
         "w.serving_endpoints.get(",
+    ],
+    "08_architectures_side_by_side": [
+        "fe.score_batch(",
+        "fe.publish_table(",
+        "fe.create_feature_spec(",
+        "FeatureLookup(",
+        "ServedEntityInput(",
+        "EndpointCoreConfigInput(",
+        "w.serving_endpoints.create_and_wait(",
+        "w.serving_endpoints.query(",
+        "w.jobs.create(",
+        'JobParameterDefinition(name="run_id", default="{{job.run_id}}")',
+        "jobs.job_compute()",
+        "w.jobs.run_now(",
+        "w.jobs.get_run_output(",
+    ],
+    "jobs/score_events": [
+        "platform.job_parameters(",
+        "fe.score_batch(",
+        "platform.notebook_exit(",
+    ],
+    "scheduled/batch_scoring": [
+        "platform.job_parameters(",
+        "fe.score_batch(",
+        "fe.publish_table(",
     ],
 }
 
@@ -178,3 +206,47 @@ def test_the_twin_creates_a_feature_table_from_the_notebook_s_spark_schema(state
     assert list(fe.read_table(name="main.course_test.results").columns) == shelf.RESULT_SCHEMA.names
     with pytest.raises(TypeError, match="StructType"):
         fe.create_table(name="main.course_test.other", primary_keys=["run_id"], schema={"run_id": "string"})
+
+
+def test_07_stops_with_a_clear_message_when_the_inference_table_is_missing(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    """No payload table yet (nothing logged, or rows on their way): a message, not a crash further down."""
+    notebook = NOTEBOOKS / "07_monitoring_inference_tables.ipynb"
+    try:
+        with pytest.raises(papermill.PapermillExecutionError) as stopped:
+            papermill.execute_notebook(
+                str(notebook), str(tmp_path / notebook.name), cwd=str(NOTEBOOKS), kernel_name="python3",
+                progress_bar=False, parameters={"inference_table_prefix": "nothing_logged"},
+            )  # fmt: skip
+    finally:
+        from helpers.local.server.process import stop_server
+
+        stop_server(state_dir)
+    assert stopped.value.ename == "NotEnoughTraffic"
+    assert "nothing_logged_payload does not exist yet" in stopped.value.evalue
+    assert "min_requests" in stopped.value.evalue and "an hour" in stopped.value.evalue
+
+
+def test_07_s_operations_chart_has_no_twin_axis_and_starts_at_zero() -> None:
+    code = code_of("07_monitoring_inference_tables")
+    assert ".twinx()" not in code
+    assert code.count("ylim=(0,") >= 3
+
+
+def test_batch_scoring_is_a_scheduled_bundle_job() -> None:
+    jobs = yaml.safe_load((PROJECT_ROOT / "databricks.yml").read_text())["resources"]["jobs"]
+    job = jobs["batch_scoring"]
+    assert job["schedule"]["quartz_cron_expression"] and job["schedule"]["pause_status"] == "PAUSED"
+    (task,) = job["tasks"]
+    assert task["notebook_task"]["notebook_path"] == "./notebooks/scheduled/batch_scoring.ipynb"
+    assert "promo_model" in {p["default"] for p in job["parameters"]}  # notebook 02's model
+
+
+def test_the_side_by_side_labels_the_twin_s_figures_and_cites_the_published_limits() -> None:
+    text = " ".join(markdown_of("08_architectures_side_by_side").split())
+    code = code_of("08_architectures_side_by_side")
+    assert "not as a workspace's numbers" in text and "published limits" in text
+    for limit in ("16 MB", "297 s", "< 50 ms", "1000", "5 MB"):
+        assert limit in code
+    assert "compare.plot_side_by_side(" in code
