@@ -18,6 +18,10 @@ from sklearn.metrics import precision_score, recall_score, roc_auc_score
 _EPSILON = 1e-4  # floor for empty bins, so PSI stays finite
 
 
+class NotEnoughTraffic(LookupError):
+    """The inference table is missing or has too few logged requests to judge the model (yet)."""
+
+
 def unpack_payloads(payloads: pd.DataFrame, served_entities: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per scored record: request values, ``prediction`` and the request's metadata columns.
 
