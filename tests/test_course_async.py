@@ -250,3 +250,23 @@ def test_the_side_by_side_labels_the_twin_s_figures_and_cites_the_published_limi
     for limit in ("16 MB", "297 s", "< 50 ms", "1000", "5 MB"):
         assert limit in code
     assert "compare.plot_side_by_side(" in code
+
+
+def test_lesson_2_s_job_has_the_bundle_job_s_parameters_and_compute() -> None:
+    """The job lesson 2 creates (``w.jobs.create``) and the bundle's ``shelf_layout_optimization`` agree."""
+    import ast
+
+    code = code_of("05_async_2_job_and_endpoint")
+    cell = code[code.index("compute = jobs.job_compute()") :]
+    tree = ast.parse(code)
+    (defaults,) = [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "defaults" for t in node.targets)
+    ]
+    names = ["run_id", *(key.value for key in defaults.keys)]
+    bundle = yaml.safe_load((PROJECT_ROOT / "databricks.yml").read_text())["resources"]["jobs"]
+    assert names == [p["name"] for p in bundle["shelf_layout_optimization"]["parameters"]]
+    assert "job_clusters=[compute]" in cell and "libraries=jobs.cluster_libraries()" in cell
+    assert "queue=QueueSettings(enabled=True)" in cell and "max_concurrent_runs=4" in cell
+    assert bundle["shelf_layout_optimization"]["max_concurrent_runs"] == 4
