@@ -133,7 +133,7 @@ def quality_by(frame: pd.DataFrame, by: str, *, label: str, score: str, threshol
             {
                 by: key,
                 "n_labeled": len(group),
-                "fraud_rate": float(y.mean()),
+                "positive_rate": float(y.mean()),
                 "roc_auc": float(roc_auc_score(y, s)) if y.nunique() == 2 else np.nan,
                 "precision": float(precision_score(y, flagged, zero_division=0)),
                 "recall": float(recall_score(y, flagged, zero_division=0)),
