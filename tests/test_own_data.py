@@ -160,7 +160,7 @@ def test_own_data_flows_through_features_model_and_endpoints(served_own_data: Pa
     server = ensure_server(served_own_data)
     w = WorkspaceClient(host=server.url, token=server.token, auth_type="pat")
     endpoints = {e.name for e in w.serving_endpoints.list()}
-    assert endpoints == {"default-risk", "default-risk-request", "default-risk-precomputed"}  # 08's architecture 1
+    assert endpoints == {"default-risk", "default-risk-request", "default-risk-precomputed"}  # 08 adds one
     request = {"applicant_id": 1_001, "loan_amount": 30_000.0, "term_months": 60, "purpose": "medical"}
     risky = w.serving_endpoints.query("default-risk", dataframe_records=[request]).predictions[0]
     safe = w.serving_endpoints.query(
