@@ -2,8 +2,9 @@
 
 * every job of ``databricks.yml`` (for each target, its ``${var.x}`` resolved from the bundle's variables and
   ``helpers/project.yml``) loads through Databricks' typed bundle models (``databricks.bundles.jobs.Job``,
-  PyPI ``databricks-bundles``), which reject an unknown or misspelt field, and so does the job definition
-  notebook 05 sends with the SDK (``helpers.jobs.job_settings(...).as_dict()``);
+  PyPI ``databricks-bundles``), which reject an unknown or misspelt field, and so does the SDK job definition
+  ``helpers.jobs.job_settings(...).as_dict()`` (notebook 05's lesson 2 writes the same out for
+  ``w.jobs.create``; ``tests/test_course_async.py`` holds the two alike);
 * every job cluster runs a Databricks Runtime ML at or above the online stores' minimum
   (``helpers/databricks_runtime.yml``), or the job runs on serverless environments;
 * the SDK-created job's compute is the bundle's (``helpers.jobs.job_compute``);
@@ -61,7 +62,7 @@ def resolve(value: Any, values: dict[str, Any]) -> Any:
 
 
 def sdk_job() -> dict[str, Any]:
-    """The job definition notebook 05 sends with ``w.jobs.create`` (with the bundle job's parameters)."""
+    """The SDK job definition of notebook 05's lesson 2 (``w.jobs.create``), with the bundle's parameters."""
     from helpers import jobs
 
     cfg = get_settings()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -36,16 +35,6 @@ SETTINGS_TAG = "settings_fingerprint"
 JOB_CLUSTER_KEY = "job_cluster"
 # What the runtime lacks (the pinned feature engineering client, pandera), for a job of a Git folder.
 CLUSTER_REQUIREMENTS = "requirements-databricks.txt"
-# How far a run has come, for the progress bar: queued, pending (compute starting), running, done.
-_STAGE = {
-    RunLifeCycleState.QUEUED: 0,
-    RunLifeCycleState.BLOCKED: 0,
-    RunLifeCycleState.WAITING_FOR_RETRY: 0,
-    RunLifeCycleState.PENDING: 1,
-    RunLifeCycleState.RUNNING: 2,
-    RunLifeCycleState.TERMINATING: 2,
-}
-_DONE = 3
 _TERMINAL = {RunLifeCycleState.TERMINATED, RunLifeCycleState.SKIPPED, RunLifeCycleState.INTERNAL_ERROR}
 
 
@@ -171,51 +160,39 @@ def wait_for_runs(
     max_poll_seconds: float = 2.0,
     progress: bool = True,
 ) -> list[Run]:
-    """Poll until every run is terminal and return them (in ``run_ids`` order), with a progress bar.
+    """Poll until every run is terminal and return them (in ``run_ids`` order), printing each new state once.
 
     Polls back off from 0.25 s to ``max_poll_seconds``. A run that failed is returned like one that
     succeeded: look at ``run.state``. Raises TimeoutError naming the runs still active after ``timeout``
     (they keep running; cancel them if you must).
     """
-    from tqdm import tqdm
-
     ids = [int(r) for r in run_ids]
     if not ids:
         raise ValueError("run_ids must name at least one run")
     if timeout <= timedelta(0):
         raise ValueError(f"timeout must be positive, got {timeout}")
-    deadline = time.monotonic() + timeout.total_seconds()
-    delay = 0.25
-    bar = tqdm(
-        total=_DONE * len(ids),
-        desc=f"waiting for {len(ids)} run(s)",
-        disable=not progress,
-        file=sys.stdout,  # a plain text bar: it also reads well in an executed notebook
-        bar_format="{desc} |{bar}| {n}/{total} stages [{elapsed}]",
-    )
-    try:
-        while True:
-            runs = [w.jobs.get_run(run_id) for run_id in ids]
-            states = [run.state.life_cycle_state if run.state else None for run in runs]
-            stage = sum(_DONE if s in _TERMINAL else _STAGE.get(s, 0) for s in states)
-            bar.set_description_str(_describe(ids, states))
-            bar.update(stage - bar.n)
-            if all(s in _TERMINAL for s in states):
-                return runs
-            if time.monotonic() >= deadline:
-                active = {
-                    i: s.value if s else "UNKNOWN"
-                    for i, s in zip(ids, states, strict=True)
-                    if s not in _TERMINAL
-                }
-                raise TimeoutError(
-                    f"run(s) {active} still active after {timeout}; they keep running "
-                    "(w.jobs.cancel_run(run_id) stops one)"
-                )
-            time.sleep(delay)
-            delay = min(max_poll_seconds, delay * 1.5)
-    finally:
-        bar.close()
+    started = time.monotonic()
+    deadline = started + timeout.total_seconds()
+    delay, last = 0.25, ""
+    while True:
+        runs = [w.jobs.get_run(run_id) for run_id in ids]
+        states = [run.state.life_cycle_state if run.state else None for run in runs]
+        line = _describe(ids, states)
+        if progress and line != last:
+            print(f"  {time.monotonic() - started:6.1f} s  {line}", flush=True)
+            last = line
+        if all(s in _TERMINAL for s in states):
+            return runs
+        if time.monotonic() >= deadline:
+            active = {
+                i: s.value if s else "UNKNOWN" for i, s in zip(ids, states, strict=True) if s not in _TERMINAL
+            }
+            raise TimeoutError(
+                f"run(s) {active} still active after {timeout}; they keep running "
+                "(w.jobs.cancel_run(run_id) stops one)"
+            )
+        time.sleep(delay)
+        delay = min(max_poll_seconds, delay * 1.5)
 
 
 def wait_for_run(w: WorkspaceClient, run_id: int, timeout: timedelta = timedelta(minutes=20)) -> Run:

@@ -21,6 +21,10 @@ from sklearn.metrics import precision_score, recall_score, roc_auc_score
 _EPSILON = 1e-4  # floor for empty bins, so PSI stays finite
 
 
+class NotEnoughTraffic(LookupError):
+    """The inference table is missing or has too few logged requests to judge the model (yet)."""
+
+
 def unpack_payloads(payloads: pd.DataFrame, served_entities: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per scored record: request values, ``prediction`` and the request's metadata columns.
 
@@ -132,7 +136,7 @@ def quality_by(frame: pd.DataFrame, by: str, *, label: str, score: str, threshol
             {
                 by: key,
                 "n_labeled": len(group),
-                "fraud_rate": float(y.mean()),
+                "positive_rate": float(y.mean()),
                 "roc_auc": float(roc_auc_score(y, s)) if y.nunique() == 2 else np.nan,
                 "precision": float(precision_score(y, flagged, zero_division=0)),
                 "recall": float(recall_score(y, flagged, zero_division=0)),

@@ -16,7 +16,6 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-import pyarrow as pa
 
 from helpers.config import PROJECT_ROOT, Settings, get_settings, smoke_run, smoke_sizes
 
@@ -159,15 +158,6 @@ def to_backend_df(df: pd.DataFrame) -> Any:
 
         return SparkSession.builder.getOrCreate().createDataFrame(df)
     return df
-
-
-def to_backend_schema(schema: pa.Schema) -> Any:
-    """A schema as the backend's ``create_table(schema=...)`` wants it: Spark on Databricks, Arrow locally."""
-    if current_settings().backend == "databricks":
-        from pyspark.sql.pandas.types import from_arrow_schema
-
-        return from_arrow_schema(schema)
-    return schema
 
 
 def notebook_task_path(relative: str) -> str:

@@ -16,7 +16,12 @@ from helpers.config import Settings, get_settings
 
 # Notebooks about other use cases than the scored events (customer offers, shelf layouts): they need the demo
 # tables, so they are skipped when the project brings its own source.
-DEMO_DATA_ONLY = ("02_batch_predictions_serving", "05_async_job_pattern")
+DEMO_DATA_ONLY = (
+    "02_batch_predictions_serving",
+    "05_async_1_demand_model",
+    "05_async_2_job_and_endpoint",
+    "05_async_3_client",
+)
 
 
 class IpcKernelManager(AsyncKernelManager):

@@ -33,9 +33,6 @@ import pyarrow as pa
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from helpers import platform
-from helpers.features import table_exists
-
 SHELF_LENGTH_RANGE_CM = (50.0, 2000.0)
 MAX_FACINGS_RANGE = (1, 10)
 N_SCENARIOS_RANGE = (1, 5000)
@@ -73,7 +70,7 @@ RESULT_SCHEMA = pa.schema(
         ("solver_status", pa.string()),
         ("solve_seconds", pa.float64()),
         ("layout_json", pa.string()),
-        ("completed_at", pa.timestamp("us")),
+        ("completed_at", pa.timestamp("us", tz="UTC")),  # Spark's TimestampType
     ]
 )
 LAYOUT_KEYS = ["run_id", "position"]
@@ -467,43 +464,16 @@ def result_row(
         "solver_status": solution.status,
         "solve_seconds": round(solution.solve_seconds, 3),
         "layout_json": json.dumps(positions),
-        "completed_at": completed_at.tz_localize(None) if completed_at.tzinfo else completed_at,
+        "completed_at": completed_at.tz_localize("UTC") if completed_at.tzinfo is None else completed_at,
     }
     frame = pd.DataFrame([row])
-    frame["completed_at"] = frame["completed_at"].astype("datetime64[us]")
+    frame["completed_at"] = frame["completed_at"].astype("datetime64[us, UTC]")  # converts other zones
     return frame[RESULT_SCHEMA.names]
 
 
 def layout_from_json(layout_json: str) -> pd.DataFrame:
     """The positions a result row (or an endpoint answer) carries, as a frame."""
     return pd.DataFrame(json.loads(layout_json))
-
-
-# Tables ---------------------------------------------------------------------------------------------------
-def ensure_result_tables(fe: Any, layouts_table: str, results_table: str) -> list[str]:
-    """Create the (empty) layout and result feature tables if missing; returns the names it created.
-
-    The schemas live here, once, so the job notebook and the client agree on them.
-    """
-    created = []
-    for name, schema, keys, description in (
-        (layouts_table, LAYOUT_SCHEMA, LAYOUT_KEYS, "Optimized shelf layouts: one row per run and position"),
-        (
-            results_table,
-            RESULT_SCHEMA,
-            RESULT_KEYS,
-            "Optimized shelf layouts: one row per run, served by run_id",
-        ),
-    ):
-        if not table_exists(fe, name):
-            fe.create_table(
-                name=name,
-                primary_keys=keys,
-                schema=platform.to_backend_schema(schema),
-                description=description,
-            )
-            created.append(name)
-    return created
 
 
 # The picture ----------------------------------------------------------------------------------------------

@@ -118,9 +118,9 @@ def test_every_served_notebook_has_a_page() -> None:
 
 
 def test_notebook_pages_render_the_notebook_and_offer_it_for_download(site: Path) -> None:
-    page = (site / "notebooks" / "05_async_job_pattern.html").read_text(encoding="utf-8")
+    page = (site / "notebooks" / "05_async_3_client.html").read_text(encoding="utf-8")
     assert "jupyter-wrapper" in page and "run_now" in page
-    assert (site / "notebooks" / "05_async_job_pattern.ipynb").is_file()
+    assert (site / "notebooks" / "05_async_3_client.ipynb").is_file()
 
 
 def test_every_internal_link_resolves(site: Path) -> None:

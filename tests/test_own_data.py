@@ -139,7 +139,7 @@ def served_own_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     patch.setenv("HELPERS_SMOKE", "1")
     all_notebooks = sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     notebooks = for_project(all_notebooks, get_settings(source=source))
-    assert {path.stem for path in notebooks}.isdisjoint(DEMO_DATA_ONLY) and len(notebooks) == 6
+    assert {path.stem for path in notebooks}.isdisjoint(DEMO_DATA_ONLY) and len(notebooks) == 7
     try:
         for notebook in notebooks:
             _run(notebook, folder, source=source)
@@ -160,7 +160,8 @@ def test_own_data_flows_through_features_model_and_endpoints(served_own_data: Pa
     assert tables.read("lending.risk.applications").num_rows == 1_500
     server = ensure_server(served_own_data)
     w = WorkspaceClient(host=server.url, token=server.token, auth_type="pat")
-    assert {e.name for e in w.serving_endpoints.list()} == {"default-risk", "default-risk-request"}
+    endpoints = {e.name for e in w.serving_endpoints.list()}
+    assert endpoints == {"default-risk", "default-risk-request", "default-risk-precomputed"}  # 08 adds one
     request = {"applicant_id": 1_001, "loan_amount": 30_000.0, "term_months": 60, "purpose": "medical"}
     risky = w.serving_endpoints.query("default-risk", dataframe_records=[request]).predictions[0]
     safe = w.serving_endpoints.query(

@@ -228,15 +228,15 @@ def test_the_result_row_carries_the_whole_layout(products: pd.DataFrame) -> None
     pa.Table.from_pandas(row, schema=shelf.RESULT_SCHEMA, preserve_index=False)
 
 
-def test_result_tables_are_created_once_and_take_merges(state_dir, products: pd.DataFrame) -> None:
+def test_result_tables_take_merges(state_dir, products: pd.DataFrame) -> None:
     from helpers import platform
     from helpers.features import create_or_merge_table
 
     platform.settings()
     fe = platform.feature_engineering_client()
     names = ("main.shelf_test.layouts", "main.shelf_test.results")
-    assert shelf.ensure_result_tables(fe, *names) == list(names)
-    assert shelf.ensure_result_tables(fe, *names) == []
+    fe.create_table(name=names[0], primary_keys=shelf.LAYOUT_KEYS, schema=shelf.LAYOUT_SCHEMA)
+    fe.create_table(name=names[1], primary_keys=shelf.RESULT_KEYS, schema=shelf.RESULT_SCHEMA)
     assert fe.get_table(name=names[0]).primary_keys == ["run_id", "position"]
     request = shelf.parse_request(PARAMETERS)
     solution = shelf.solve_layout(products, _expected_units(products)[:, None], 300.0, 3)

@@ -76,8 +76,8 @@ def find_job_id(w: WorkspaceClient, name: str) -> int:
     found = [j.job_id for j in w.jobs.list(name=name) if j.settings and j.settings.name == name]
     if not found:
         raise LookupError(
-            f"There is no job named {name!r} yet. Run notebook 05 (or `databricks bundle deploy`) to create "
-            "it, or set SHELF_JOB_ID / SHELF_JOB_NAME."
+            f"There is no job named {name!r} yet. Run notebook 05_async_2_job_and_endpoint (or `databricks "
+            "bundle deploy`) to create it, or set SHELF_JOB_ID / SHELF_JOB_NAME."
         )
     if len(found) > 1:
         raise LookupError(f"{len(found)} jobs are named {name!r} (ids {sorted(found)}); set SHELF_JOB_ID.")

@@ -86,12 +86,15 @@ class LocalFeatureEngineeringClient(OnlinePublishingMixin):
         df: Any = None,
         timeseries_column: str | None = None,
         partition_columns: str | list[str] | None = None,
-        schema: pa.Schema | None = None,
+        schema: Any = None,
         description: str | None = None,
         tags: dict[str, str] | None = None,
         **kwargs: Any,
     ):
-        """Create a Delta feature table with primary keys (and an optional time-series column)."""
+        """Create a Delta feature table with primary keys (and an optional time-series column).
+
+        ``schema`` is a Spark ``StructType``, as the real client takes it (an Arrow schema works too).
+        """
         keys = _as_list(primary_keys)
         if timeseries_column is not None and timeseries_column not in keys:
             keys.append(timeseries_column)  # Databricks: the timeseries column is part of the primary keys
@@ -101,7 +104,7 @@ class LocalFeatureEngineeringClient(OnlinePublishingMixin):
         meta = TableMeta(
             name, keys, timeseries_column, _as_list(partition_columns), description, dict(tags or {})
         )
-        self._tables.create(meta, data, schema)
+        self._tables.create(meta, data, _arrow_schema(schema))
         return self.get_table(name=name)
 
     def write_table(
@@ -240,3 +243,15 @@ class LocalFeatureEngineeringClient(OnlinePublishingMixin):
         joined = to_pandas(join_features(data, keep_all, self._tables, self._functions.callable))
         predictions = packaged.predict_features(joined, params)
         return joined.assign(prediction=predictions)
+
+
+def _arrow_schema(schema: Any) -> pa.Schema | None:
+    """A ``create_table(schema=...)`` as Arrow: a Spark ``StructType`` converted, an Arrow schema as is."""
+    if schema is None or isinstance(schema, pa.Schema):
+        return schema
+    from pyspark.sql.pandas.types import to_arrow_schema
+    from pyspark.sql.types import StructType
+
+    if not isinstance(schema, StructType):
+        raise TypeError(f"schema must be a pyspark.sql.types.StructType, got {type(schema).__name__}")
+    return to_arrow_schema(schema)

@@ -6,6 +6,7 @@ On Databricks a notebook's ``spark`` is the cluster's SparkSession. Locally ther
 * ``spark.sql("ALTER TABLE <name> SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")``
 * ``spark.sql("DROP TABLE [IF EXISTS] <name>")``
 * ``spark.table(<name>)`` -> a frame with ``toPandas()``, ``columns`` and ``count()``
+* ``spark.catalog.tableExists(<name>)``
 """
 
 from __future__ import annotations
@@ -47,11 +48,23 @@ class LocalDataFrame:
         return to_pandas(self._data)
 
 
+class LocalCatalog:
+    """``spark.catalog``: whether a table exists."""
+
+    def __init__(self, tables: DeltaTables) -> None:
+        self._tables = tables
+
+    def tableExists(self, tableName: str) -> bool:  # noqa: N802, N803 - Spark's names
+        """True when a Delta table (feature table or not) has this three-level name."""
+        return self._tables.is_delta(_uc_name(tableName))
+
+
 class LocalSparkSession:
     """The notebooks' ``spark`` off Databricks (see the module docstring for what it runs)."""
 
     def __init__(self, state_dir: Path) -> None:
         self._tables = DeltaTables(state_dir)
+        self.catalog = LocalCatalog(self._tables)
 
     def table(self, tableName: str) -> LocalDataFrame:  # noqa: N803 - Spark's argument name
         """Any Delta table by its three-level name, feature table or not."""

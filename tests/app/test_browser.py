@@ -1,7 +1,7 @@
 """End to end in a real browser: fill the form, press Optimize, wait, and see the layout drawn.
 
-The chain is real: notebook 00 makes the tables; notebook 05's one-time setup (demand model, result tables,
-``shelf-layouts`` endpoint, the job) runs up to the cell that creates the job; ``helpers.local.dashboard``
+The chain is real: notebook 00 makes the tables; notebook 05's lessons 1 and 2 (demand model, result tables,
+``shelf-layouts`` endpoint, the job) run; ``helpers.local.dashboard``
 serves the app (``make app``'s code path); Playwright drives Debian's chromium (``/usr/bin/chromium``,
 installed by ``.ci/run``; no browser download).
 """
@@ -9,7 +9,6 @@ installed by ``.ci/run``; no browser download).
 from __future__ import annotations
 
 import importlib.util
-import json
 import socket
 from collections.abc import Iterator
 from datetime import timedelta
@@ -37,21 +36,13 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 SMALL = {"n_customers": 300, "n_transactions": 3_000, "n_products": 20, "n_stores": 3, "n_weeks": 12}
-SETUP_ENDS_WITH = "jobs.create_or_update_job("  # notebook 05's last one-time setup cell
 JOB_NAME = "shelf_layout_optimization"
 
 
-def _run_notebook(source: Path, out_dir: Path, last_cell_containing: str | None = None) -> None:
-    nb = json.loads(source.read_text())
-    if last_cell_containing is not None:
-        ends = [i for i, c in enumerate(nb["cells"]) if last_cell_containing in "".join(c["source"])]
-        assert ends, f"{source.name} has no cell containing {last_cell_containing!r}"
-        nb["cells"] = nb["cells"][: ends[0] + 1]
-    path = out_dir / f"input_{source.name}"
-    path.write_text(json.dumps(nb))
-    declared = papermill.inspect_notebook(str(path))
+def _run_notebook(source: Path, out_dir: Path) -> None:
+    declared = papermill.inspect_notebook(str(source))
     papermill.execute_notebook(
-        str(path),
+        str(source),
         str(out_dir / source.name),
         parameters={k: v for k, v in SMALL.items() if k in declared},
         cwd=str(NOTEBOOKS),
@@ -76,7 +67,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory, module_patch: pytest.MonkeyP
     module_patch.delenv("MLFLOW_TRACKING_URI", raising=False)
     try:
         _run_notebook(NOTEBOOKS / "00_setup_feature_tables.ipynb", state)
-        _run_notebook(NOTEBOOKS / "05_async_job_pattern.ipynb", state, SETUP_ENDS_WITH)
+        _run_notebook(NOTEBOOKS / "05_async_1_demand_model.ipynb", state)
+        _run_notebook(NOTEBOOKS / "05_async_2_job_and_endpoint.ipynb", state)
         yield state
     finally:
         stop_server(state)
