@@ -16,7 +16,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import timedelta
@@ -74,22 +74,39 @@ def _generations(frame: pd.DataFrame) -> set[float]:
     return set((rest["spend"] / rest["customer_id"]).round(6))
 
 
-def _child(state_dir: Path, code: str, fail_point: str | None = None) -> subprocess.Popen[str]:
-    """Another Python process running ``code`` with ``fe`` (a client on ``state_dir``) and ``_rows``; with
-    ``fail_point``, it stops there (see :func:`_stopped_at`)."""
-    prelude = (
-        "from pathlib import Path\n"
-        "import pandas as pd\n"
-        "from helpers.local.feature_client import LocalFeatureEngineeringClient\n"
-        f"fe = LocalFeatureEngineeringClient(Path({str(state_dir)!r}))\n"
-        f"ROWS, NOTE = {ROWS}, {NOTE!r}\n" + inspect.getsource(_rows)
-    )
-    env = {**os.environ}
-    if fail_point:
-        env |= {FAIL_POINT_ENV: fail_point, FAIL_POINT_FILE_ENV: str(_marker(state_dir))}
-    return subprocess.Popen(
-        [sys.executable, "-c", prelude + code], stdout=subprocess.PIPE, text=True, env=env
-    )
+Child = Callable[..., subprocess.Popen[str]]
+
+
+@pytest.fixture
+def child(state_dir: Path) -> Iterator[Child]:
+    """Starts another Python process running ``code`` with ``fe`` (a client on ``state_dir``) and ``_rows``;
+    with ``fail_point``, it stops there (see :func:`_stopped_at`). Whatever is left is killed at the end."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(code: str, fail_point: str | None = None) -> subprocess.Popen[str]:
+        prelude = (
+            "from pathlib import Path\n"
+            "import pandas as pd\n"
+            "from helpers.local.feature_client import LocalFeatureEngineeringClient\n"
+            f"fe = LocalFeatureEngineeringClient(Path({str(state_dir)!r}))\n"
+            f"ROWS, NOTE = {ROWS}, {NOTE!r}\n" + inspect.getsource(_rows)
+        )
+        env = {**os.environ}
+        if fail_point:
+            env |= {FAIL_POINT_ENV: fail_point, FAIL_POINT_FILE_ENV: str(_marker(state_dir))}
+        process = subprocess.Popen(
+            [sys.executable, "-c", prelude + code], stdout=subprocess.PIPE, text=True, env=env
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:  # a test that failed before its kill leaves a process standing at its point
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def _marker(state_dir: Path) -> Path:
@@ -157,7 +174,7 @@ def fe(state_dir: Path) -> LocalFeatureEngineeringClient:
 
 @pytest.mark.parametrize("publish_mode", ["TRIGGERED", "SNAPSHOT"])
 def test_a_publish_killed_before_its_commit_leaves_the_online_table_whole_and_the_next_one_works(
-    state_dir: Path, fe: LocalFeatureEngineeringClient, publish_mode: str
+    state_dir: Path, fe: LocalFeatureEngineeringClient, child: Child, publish_mode: str
 ) -> None:
     store = fe.create_online_store(name=STORE, capacity="CU_1")
     fe.publish_table(online_store=store, source_table_name=TABLE, online_table_name=ONLINE)
@@ -168,8 +185,7 @@ def test_a_publish_killed_before_its_commit_leaves_the_online_table_whole_and_th
         )  # an empty write-ahead log: what follows is the publish's
     wal = state_dir / "online.db-wal"
 
-    publisher = _child(
-        state_dir,
+    publisher = child(
         f"store = fe.get_online_store(name={STORE!r})\n"
         f"fe.publish_table(online_store=store, source_table_name={TABLE!r}, online_table_name={ONLINE!r},"
         f" publish_mode={publish_mode!r})\n",
@@ -196,7 +212,7 @@ def _data_files(state_dir: Path) -> int:
     "kill_at", ["tables.merge.locked", "writing its data files", "tables.merge.committed"]
 )
 def test_a_merge_killed_mid_way_loses_no_row_leaves_no_lock_and_the_next_one_works(
-    state_dir: Path, fe: LocalFeatureEngineeringClient, kill_at: str
+    state_dir: Path, fe: LocalFeatureEngineeringClient, child: Child, kill_at: str
 ) -> None:
     lock = fe._tables.path(TABLE).with_suffix(".lock")
     merges = (
@@ -206,11 +222,11 @@ def test_a_merge_killed_mid_way_loses_no_row_leaves_no_lock_and_the_next_one_wor
         "    print(flush=True)\n"
     )
     if kill_at.startswith("tables."):  # at a fail point, before the merge wrote anything or once it committed
-        writer = _child(state_dir, merges, fail_point=kill_at)
+        writer = child(merges, fail_point=kill_at)
         _stopped_at(writer, state_dir)
         assert _lock_held(lock)
     else:  # inside deltalake's own merge, once it wrote a data file (it may have committed since)
-        writer = _child(state_dir, merges)
+        writer = child(merges)
         assert writer.stdout is not None
         writer.stdout.readline()  # a merge done: the next is under way
         files = _data_files(state_dir)
