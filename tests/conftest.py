@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -31,4 +33,18 @@ def online_stores_start_at_once() -> Iterator[None]:
     """A new online store is STARTING for a few seconds, as on Databricks; only tests of that wait for it."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HELPERS_ONLINE_STORE_START_SECONDS", "0")
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sdk_waiters_poll_briskly() -> Iterator[None]:
+    """The SDK's waiters (``create_and_wait``, ``run_now(...).result()``) sleep 1 s, 2 s, 3 s, ... between
+    polls, made for minutes-long Databricks operations; in tests they poll every 0.05 s. What they poll for,
+    and their deadlines, are unchanged."""
+    from databricks.sdk.service import jobs, serving
+
+    brisk = SimpleNamespace(time=time.time, sleep=lambda seconds: time.sleep(min(seconds, 0.05)))
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (jobs, serving):
+            patch.setattr(module, "time", brisk)
         yield

@@ -41,6 +41,7 @@ from jobs_server import FIXTURE_NOTEBOOKS
 from polling import process_gone, wait_for
 from sklearn.linear_model import LogisticRegression
 
+from helpers import serving
 from helpers.local.fail_points import FAIL_POINT_ENV, FAIL_POINT_FILE_ENV
 from helpers.local.feature_client import LocalFeatureEngineeringClient
 from helpers.local.frames import to_arrow
@@ -440,6 +441,8 @@ def test_a_model_that_cannot_load_is_reported_and_the_other_endpoints_keep_servi
     assert entity.state.deployment_state_message  # why it failed (here: the corrupt file)
     with pytest.raises(BadRequest, match="no served entity ready"):
         w.serving_endpoints.query("corrupt", dataframe_records=[{"x1": 3.0}])
+    with pytest.raises(OperationFailed, match="UPDATE_FAILED"):  # the notebooks' waiter says so too
+        serving.wait_until_updated(w, "corrupt")
 
     # An update to the corrupt version fails too; the endpoint keeps serving the version it had.
     with pytest.raises(OperationFailed):
