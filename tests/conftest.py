@@ -7,13 +7,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
+import fresh_state
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Where the session's migrated empty MLflow database goes; :func:`fresh_state.seed` copies it."""
+    fresh_state.use_directory(tmp_path_factory.mktemp("mlflow-template"))
 
 
 @pytest.fixture
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "state"
-    path.mkdir()
+    path = fresh_state.seed(tmp_path / "state")
     monkeypatch.setenv("HELPERS_STATE_DIR", str(path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import fresh_state
 import papermill
 import pytest
 
@@ -27,7 +28,7 @@ SMALL = {
 @pytest.fixture(scope="module")
 def shared_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One state dir for the whole sequence: each notebook builds on the previous ones."""
-    state = tmp_path_factory.mktemp("notebook_state")
+    state = fresh_state.seed(tmp_path_factory.mktemp("notebook_state"))
     patch = pytest.MonkeyPatch()
     patch.setenv("HELPERS_STATE_DIR", str(state))
     patch.delenv("MLFLOW_TRACKING_URI", raising=False)

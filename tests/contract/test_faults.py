@@ -23,6 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
+import fresh_state
 import mlflow
 import pandas as pd
 import pytest
@@ -278,7 +279,7 @@ class Workspace:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
-    state_dir = tmp_path_factory.mktemp("faults")
+    state_dir = fresh_state.seed(tmp_path_factory.mktemp("faults"))
     uri = f"sqlite:///{state_dir / 'mlflow.db'}"
     patch = pytest.MonkeyPatch()
     patch.setenv("HELPERS_STATE_DIR", str(state_dir))
