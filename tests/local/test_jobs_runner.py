@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from jobs_server import FIXTURE_NOTEBOOKS
 from polling import process_gone, wait_for
 
 from helpers.local.dynamic_values import RunContext, UnknownReference, substitute, time_arguments
-from helpers.local.job_process import READY
+from helpers.local.job_process import READY, JobProcesses
 from helpers.local.job_runner import SERVER_STOPPED, resolve_notebook_path
 from helpers.local.job_store import JobStore, RunRecord, State
 from helpers.local.jobs import LocalJobs
@@ -382,3 +383,17 @@ def test_a_kernel_that_died_while_waiting_is_replaced_and_shutdown_ends_the_wait
     ]
     local_jobs.shutdown()
     assert len(tree) == 2 and all(process_gone(pid) for pid in tree)  # the process and its kernel
+
+
+def test_a_waiting_process_whose_server_is_gone_ends_with_its_kernel(tmp_path: Path) -> None:
+    """A killed server cannot kill its waiting processes: its end of their stdin closes, and they end."""
+    processes = JobProcesses(tmp_path / "processes", lambda: dict(os.environ), size=1)
+    processes.fill()
+    [waiting] = processes.waiting
+    wait_for(lambda: READY in waiting.log.read_text(errors="replace"), "the waiting process to be ready")
+    [kernel] = psutil.Process(waiting.process.pid).children()
+    assert waiting.process.stdin is not None
+    waiting.process.stdin.close()  # what the server's death does to the pipe
+
+    assert waiting.process.wait(timeout=120) == 0
+    wait_for(lambda: process_gone(kernel.pid), "the kernel to end with its process")
