@@ -2,8 +2,8 @@
 
 ``python -m helpers.local.job_process <kernel name>`` starts a kernel and, unless its run is already there,
 imports :data:`PRELOAD` into it (what job notebooks import first, with mlflow, pandas and pyarrow behind it),
-then waits for one line on stdin: the path of a run's spec (JSON: ``input``, ``output``, ``parameters``,
-``cwd``, ``kernel_name``, ``environment``, ``done``). It moves the kernel into the run's working directory
+then waits for one line on stdin: a run's spec (JSON: ``input``, ``output``, ``parameters``, ``cwd``,
+``kernel_name``, ``environment``, ``done``). It moves the kernel into the run's working directory
 and environment, executes the notebook with papermill on that kernel, writes its exit code to the ``done``
 file (the run is over for the server from then on), shuts the kernel down gracefully (its ``atexit``
 handlers run) and exits with that code: 0 success, 1 the notebook raised or its kernel died (the reason is
@@ -75,13 +75,17 @@ class JobProcess:
     process: subprocess.Popen[bytes]
     log: Path
 
-    def start(self, spec_file: Path, log: Path) -> None:
-        """Hand the process its run: its output (kernel start included) continues in ``log``."""
+    def start(self, spec: dict[str, Any], log: Path) -> None:
+        """Hand the process its run: its output (kernel start included) continues in ``log``.
+
+        The spec travels through the pipe, not a file: its environment stays off the disk.
+        """
         os.replace(self.log, log)  # the open file moves with its name: nothing written is lost
         self.log = log
         assert self.process.stdin is not None
-        self.process.stdin.write(f"{spec_file}\n".encode())
-        self.process.stdin.close()
+        with suppress(BrokenPipeError):  # it died meanwhile: its exit code and log tell the run why
+            self.process.stdin.write(json.dumps(spec).encode() + b"\n")
+            self.process.stdin.close()
 
 
 class JobProcesses:
@@ -301,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             if not run_sync(kernel.manager.is_alive)():  # it died while waiting: the run gets a new one
                 run_sync(kernel.manager.cleanup_resources)()
                 kernel = _start_kernel(kernel_name)
-            spec = json.loads(Path(line).read_text())
+            spec = json.loads(line)
             code = _run(spec, kernel)
             _report(spec["done"], code)
     finally:

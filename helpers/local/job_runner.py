@@ -312,14 +312,13 @@ def run_notebook(
         "parameters": {k: v for k, v in parameters.items() if k.isidentifier() and not keyword.iskeyword(k)},
         "cwd": str(notebook.parent),
         "kernel_name": processes.kernel_name,
-        "environment": environment,
         "done": str(done_file),
     }
-    spec_file.write_text(json.dumps(spec, indent=1))
+    spec_file.write_text(json.dumps(spec, indent=1))  # for the record; the environment stays off the disk
     job_process = processes.take()
     process = job_process.process
     started = time.time()
-    job_process.start(spec_file, run_dir / f"{stem}.log")
+    job_process.start({**spec, "environment": environment}, run_dir / f"{stem}.log")
     with suppress(psutil.NoSuchProcess):
         on_start(process.pid, psutil.Process(process.pid).create_time())
     processes.fill()  # the next run's process starts while this one runs
