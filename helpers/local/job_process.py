@@ -221,6 +221,17 @@ def _start_kernel(kernel_name: str) -> _Kernel:
     return _Kernel(manager, client)
 
 
+def _alive(kernel: _Kernel) -> bool:
+    """Whether the kernel process still runs (a zombie, killed and not yet reaped, does not)."""
+    from jupyter_core.utils import run_sync
+
+    try:
+        running = psutil.Process(kernel.manager.provisioner.pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        running = False
+    return running and run_sync(kernel.manager.is_alive)()
+
+
 def _execute(kernel: _Kernel, code: str) -> None:
     """Run ``code`` in the kernel without a trace: no output, no history, no execution count."""
     from jupyter_core.utils import run_sync
@@ -293,16 +304,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     [kernel_name] = argv if argv is not None else sys.argv[1:]
     kernel = _start_kernel(kernel_name)
-    if not select.select([sys.stdin], [], [], 0)[
-        0
-    ]:  # no run yet (one that is here skips what it may not need)
+    run_waiting = select.select([sys.stdin], [], [], 0)[0]
+    if not run_waiting:  # a run already here skips the preload (its notebook may not need it)
         _execute(kernel, PRELOAD)  # a failing import fails again, visibly, when the notebook runs it
     log.info("job process %s, kernel %s: %s", os.getpid(), kernel.manager.provisioner.pid, READY)
     line = sys.stdin.readline().strip()
     code = 0
     try:
         if line:
-            if not run_sync(kernel.manager.is_alive)():  # it died while waiting: the run gets a new one
+            if not _alive(kernel):  # it died while waiting (killed, out of memory): the run gets a new one
+                kernel.client.stop_channels()
                 run_sync(kernel.manager.cleanup_resources)()
                 kernel = _start_kernel(kernel_name)
             spec = json.loads(line)
@@ -310,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             _report(spec["done"], code)
     finally:
         kernel.client.stop_channels()
-        if run_sync(kernel.manager.is_alive)():
+        if _alive(kernel):
             run_sync(kernel.manager.shutdown_kernel)(now=not line)
         run_sync(kernel.manager.cleanup_resources)()
     return code
