@@ -265,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  {extra_facts['continuous publish freshness']}")
 
+    from benchmarks import job_start  # a job run's overhead beyond its notebook's work, with and without
+
+    extra_facts |= job_start.facts(WORK)
+
     print(f"score_batch on {args.batch_rows:,} rows")
     rate, _ = b.score_batch_rate(built, args.batch_rows, args.seed)
     rows.append(Row("score_batch rows", OURS, None, rate))

@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 from databricks.sdk import WorkspaceClient
-from databricks.sdk.errors import NotFound, ResourceDoesNotExist
+from databricks.sdk.errors import NotFound, OperationFailed, ResourceDoesNotExist
 from databricks.sdk.service.serving import (
     AiGatewayInferenceTableConfig,
     EndpointCoreConfigInput,
+    EndpointStateConfigUpdate,
     ServedEntityInput,
     ServingEndpointDetailed,
     TrafficConfig,
@@ -130,16 +131,44 @@ def deploy_endpoint(
 
     if endpoint_exists(w, name):
         print(f"updating endpoint {name!r} (the current config keeps serving until the new one is ready)")
-        waiter = w.serving_endpoints.update_config(
-            name, served_entities=entities, traffic_config=traffic_config
-        )
+        w.serving_endpoints.update_config(name, served_entities=entities, traffic_config=traffic_config)
     else:
         print(f"creating endpoint {name!r}")
         config = EndpointCoreConfigInput(name=name, served_entities=entities, traffic_config=traffic_config)
-        waiter = w.serving_endpoints.create(name, config=config)
-    endpoint = waiter.result(timeout=timeout, callback=progress)
+        w.serving_endpoints.create(name, config=config)
+    endpoint = wait_until_updated(w, name, timeout, progress)
     print(f"endpoint {name!r} is {endpoint.state.ready.value} after {time.monotonic() - started:.1f} s")
     return endpoint
+
+
+def wait_until_updated(
+    w: WorkspaceClient,
+    name: str,
+    timeout: timedelta = timedelta(minutes=30),
+    callback: Callable[[ServingEndpointDetailed], None] | None = None,
+    max_poll_seconds: float = 10.0,
+) -> ServingEndpointDetailed:
+    """Poll the endpoint until its config update is over, as the SDK's ``create_and_wait`` does.
+
+    The SDK sleeps 1 s, 2 s, 3 s, ... between polls; this polls from every 0.25 s, backing off to
+    ``max_poll_seconds``, so an endpoint ready in seconds (the local twin's) is seen when it is. Like the SDK:
+    ``OperationFailed`` when the update failed or was canceled, ``TimeoutError`` after ``timeout``.
+    """
+    deadline = time.monotonic() + timeout.total_seconds()
+    pause = 0.25
+    while True:
+        endpoint = w.serving_endpoints.get(name)
+        status = endpoint.state.config_update if endpoint.state else None
+        if status == EndpointStateConfigUpdate.NOT_UPDATING:
+            return endpoint
+        if callback is not None:
+            callback(endpoint)
+        if status in (EndpointStateConfigUpdate.UPDATE_FAILED, EndpointStateConfigUpdate.UPDATE_CANCELED):
+            raise OperationFailed(f"endpoint {name}: failed to reach NOT_UPDATING, got {status}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"endpoint {name}: still {status} after {timeout}")
+        time.sleep(pause)
+        pause = min(pause * 1.5, max_poll_seconds)
 
 
 def time_calls(call: Callable[[int], Any], n: int) -> np.ndarray:

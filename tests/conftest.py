@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
+import fresh_state
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Where the session's migrated empty MLflow database goes; :func:`fresh_state.seed` copies it."""
+    fresh_state.use_directory(tmp_path_factory.mktemp("mlflow-template"))
 
 
 @pytest.fixture
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "state"
-    path.mkdir()
+    path = fresh_state.seed(tmp_path / "state")
     monkeypatch.setenv("HELPERS_STATE_DIR", str(path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return path
@@ -31,4 +39,18 @@ def online_stores_start_at_once() -> Iterator[None]:
     """A new online store is STARTING for a few seconds, as on Databricks; only tests of that wait for it."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HELPERS_ONLINE_STORE_START_SECONDS", "0")
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sdk_waiters_poll_briskly() -> Iterator[None]:
+    """The SDK's waiters (``create_and_wait``, ``run_now(...).result()``) sleep 1 s, 2 s, 3 s, ... between
+    polls, made for minutes-long Databricks operations; in tests they poll every 0.05 s. What they poll for,
+    and their deadlines, are unchanged."""
+    from databricks.sdk.service import jobs, serving
+
+    brisk = SimpleNamespace(time=time.time, sleep=lambda seconds: time.sleep(min(seconds, 0.05)))
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (jobs, serving):
+            patch.setattr(module, "time", brisk)
         yield

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import fresh_state
 import pytest
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.service.jobs import NotebookTask, RunLifeCycleState, RunResultState, Task
@@ -21,7 +22,7 @@ PARAMETERS = {"greeting": "hello", "sleep_seconds": "0", "fail_with": "", "marke
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobsServer]:
-    with serve_jobs(tmp_path_factory.mktemp("jobs-helper-state")) as running:
+    with serve_jobs(fresh_state.seed(tmp_path_factory.mktemp("jobs-helper-state"))) as running:
         yield running
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import fresh_state
 import papermill
 import pytest
 from test_course import assert_clean_outputs
@@ -19,7 +20,7 @@ NOTEBOOKS = for_project(sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.i
 @pytest.fixture(scope="module")
 def shared_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One state dir for the whole sequence: each notebook builds on the previous ones."""
-    state = tmp_path_factory.mktemp("notebook_state")
+    state = fresh_state.seed(tmp_path_factory.mktemp("notebook_state"))
     patch = pytest.MonkeyPatch()
     patch.setenv("HELPERS_STATE_DIR", str(state))
     patch.setenv("HELPERS_SMOKE", "1")  # the notebooks' sizes capped at config.SMOKE_SIZES

@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import fresh_state
 import pandas as pd
 import papermill
 import pytest
@@ -25,7 +26,7 @@ def _use_mapping(patch: pytest.MonkeyPatch, folder: Path, mapping: dict[str, str
     """The column mapping as a user sets it (HELPERS_* stands in for project.yml), a fresh state dir."""
     for name, value in mapping.items():
         patch.setenv(f"HELPERS_{name.upper()}", value)
-    patch.setenv("HELPERS_STATE_DIR", str(folder / "state"))
+    patch.setenv("HELPERS_STATE_DIR", str(fresh_state.seed(folder / "state")))
     patch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return folder
 

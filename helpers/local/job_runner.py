@@ -1,8 +1,9 @@
-"""Executes one job run: its notebook tasks in order, each with papermill in its own process tree.
+"""Executes one job run: its notebook tasks in order, each with papermill in a process tree of its own.
 
 Per task: dynamic value references are resolved, job parameters override the task's ``base_parameters``,
-and ``python -m helpers.local.job_runner <spec.json>`` runs papermill in a new session (so a cancel or a
-timeout kills the papermill process, the kernel and whatever the notebook started). The executed notebook,
+and a job process (:mod:`helpers.local.job_process`: papermill with its kernel already started, taken from
+the executor's :class:`JobProcesses` and replaced at once) executes the notebook in a new session, so a
+cancel or a timeout kills the process, the kernel and whatever the notebook started. The executed notebook,
 its log, parameters and exit value stay in ``<state_dir>/jobs/runs/<job run id>/``.
 """
 
@@ -28,6 +29,7 @@ import psutil
 
 from helpers.config import PROJECT_ROOT
 from helpers.local.dynamic_values import RunContext, UnknownReference, substitute, substitute_all
+from helpers.local.job_process import KERNEL_DIED, JobProcesses, kill_tree
 from helpers.local.job_store import JobStore, RunRecord, State, TaskRunRecord
 from helpers.local.notebook_io import EXIT_FILE_ENV, PARAMETERS_FILE_ENV
 
@@ -38,9 +40,6 @@ SERVER_STOPPED = (
 )
 # Databricks' state message for a task whose notebook raised; the error itself is in runs/get-output.
 WORKLOAD_FAILED = "Workload failed, see run output for details"
-KERNEL_DIED = (
-    "Fatal error: the notebook's Python kernel died while running a cell (killed, out of memory or crashed)."
-)
 OUTPUT_LIMIT = 5 * 1024 * 1024  # Databricks returns the first 5 MB of a notebook's exit value
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -118,11 +117,25 @@ class JobRunExecutor:
         self.store = store
         self.state_dir = state_dir
         self.notebooks_root = notebooks_root
-        self.python = python
-        self.kernel_name = kernel_name
+        self.processes = JobProcesses(
+            state_dir / "jobs" / "processes", self.environment, python=python, kernel_name=kernel_name
+        )
 
     def run_dir(self, run_id: int) -> Path:
         return self.state_dir / "jobs" / "runs" / str(run_id)
+
+    def environment(self) -> dict[str, str]:
+        """The environment of a job process: the server's, naming its state dir; this checkout first."""
+        return {
+            **os.environ,
+            "HELPERS_STATE_DIR": str(self.state_dir),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def close(self) -> None:
+        """Stop the job processes waiting for runs (call once no run executes any more)."""
+        self.processes.close()
 
     def execute(self, run: RunRecord, control: RunControl) -> None:
         started = now_ms()
@@ -211,12 +224,10 @@ class JobRunExecutor:
             notebook,
             output,
             parameters,
-            {"HELPERS_STATE_DIR": str(self.state_dir)},
+            self.processes,
             min(deadlines) if deadlines else None,
             control,
             remember,
-            self.python,
-            self.kernel_name,
         )
         return self._finish_task(task, result)
 
@@ -268,64 +279,60 @@ def run_notebook(
     notebook: Path,
     output: Path,
     parameters: dict[str, str],
-    env: dict[str, str],
+    processes: JobProcesses,
     deadline: tuple[float, int] | None,
     control: RunControl,
     on_start: Callable[[int, float], None],
-    python: str = sys.executable,
-    kernel_name: str = "python3",
 ) -> NotebookResult:
-    """Execute ``notebook`` into ``output`` in a child process; stop it on ``control.stop`` or ``deadline``.
+    """Execute ``notebook`` into ``output`` in a job process; stop it on ``control.stop`` or ``deadline``.
 
     ``deadline`` is ``(time.monotonic() value, configured seconds)``; ``on_start(pid, create_time)`` is
-    called once the child exists, so a restarted server can find and kill an orphan.
+    called once the process has the run, so a restarted server can find and kill an orphan.
     """
     run_dir = output.parent
     run_dir.mkdir(parents=True, exist_ok=True)
     stem = output.stem
     exit_file = run_dir / f"{stem}.exit"
+    done_file = run_dir / f"{stem}.done"
     parameters_file = run_dir / f"{stem}.parameters.json"
     spec_file = run_dir / f"{stem}.spec.json"
     exit_file.unlink(missing_ok=True)
+    done_file.unlink(missing_ok=True)
     parameters_file.write_text(json.dumps(parameters, indent=1))
+    environment = {
+        **processes.environment(),
+        EXIT_FILE_ENV: str(exit_file),
+        PARAMETERS_FILE_ENV: str(parameters_file),
+        "JUPYTER_RUNTIME_DIR": str(run_dir / "runtime"),
+    }
     spec = {
         "input": str(notebook),
         "output": str(output),
         # Only names that are Python identifiers can become variables; every name is in parameters_file.
         "parameters": {k: v for k, v in parameters.items() if k.isidentifier() and not keyword.iskeyword(k)},
         "cwd": str(notebook.parent),
-        "kernel_name": kernel_name,
+        "kernel_name": processes.kernel_name,
+        "done": str(done_file),
     }
-    spec_file.write_text(json.dumps(spec, indent=1))
-    child_env = {
-        **os.environ,
-        **env,
-        EXIT_FILE_ENV: str(exit_file),
-        PARAMETERS_FILE_ENV: str(parameters_file),
-        "JUPYTER_RUNTIME_DIR": str(run_dir / "runtime"),
-        "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p),
-        "PYTHONUNBUFFERED": "1",
-    }
-    spawned = time.time()
-    with open(run_dir / f"{stem}.log", "wb") as log_file:
-        process = subprocess.Popen(
-            [python, "-m", "helpers.local.job_runner", str(spec_file)],
-            env=child_env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    spec_file.write_text(json.dumps(spec, indent=1))  # for the record; the environment stays off the disk
+    job_process = processes.take()
+    process = job_process.process
+    started = time.time()
+    job_process.start({**spec, "environment": environment}, run_dir / f"{stem}.log")
     with suppress(psutil.NoSuchProcess):
         on_start(process.pid, psutil.Process(process.pid).create_time())
-    stopped = _wait(process, deadline, control)
+    processes.fill()  # the next run's process starts while this one runs
+    stopped, code = _wait(process, done_file, deadline, control)
     ended = time.time()
-    setup, execution, cleanup = _durations(output, spawned, ended)
+    if code is not None and process.poll() is None:
+        processes.finishing(process)  # it shuts its kernel down; the run is over
+    setup, execution, cleanup = _durations(output, started, ended)
     exit_value = _read_limited(exit_file)
     if stopped == "timeout" and deadline is not None:
         state = State.timed_out(deadline[1])
     elif stopped is not None:
         state = _stopped(stopped)
-    elif process.returncode == 0:
+    elif code == 0:
         return NotebookResult(State.success(), setup, execution, cleanup, exit_value)
     else:
         error, trace = _notebook_error(output, run_dir / f"{stem}.log")
@@ -339,40 +346,26 @@ def _stopped(reason: str) -> State:
 
 
 def _wait(
-    process: subprocess.Popen[bytes], deadline: tuple[float, int] | None, control: RunControl
-) -> str | None:
+    process: subprocess.Popen[bytes],
+    done_file: Path,
+    deadline: tuple[float, int] | None,
+    control: RunControl,
+) -> tuple[str | None, int | None]:
+    """``(why it stopped, None)`` or ``(None, exit code)``: the done file's code, else the process's."""
     while True:
-        try:
-            process.wait(timeout=0.05)
-            return None
-        except subprocess.TimeoutExpired:
-            pass
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=0.02)
+        if done_file.exists():
+            return None, int(done_file.read_text())
+        if process.returncode is not None:
+            return None, process.returncode
         reason = control.reason if control.stop.is_set() else None
         if reason is None and deadline is not None and time.monotonic() >= deadline[0]:
             reason = "timeout"
         if reason is not None:
             kill_tree(process.pid)
             process.wait()
-            return reason
-
-
-def kill_tree(pid: int, created: float | None = None) -> bool:
-    """Kill a process and all its descendants (the kernel runs in a session of its own).
-
-    With ``created``, only when the process is the one that started then (pids are reused).
-    """
-    try:
-        root = psutil.Process(pid)
-        if created is not None and abs(root.create_time() - created) > 0.01:
-            return False
-        victims = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return False
-    for victim in victims:
-        with suppress(psutil.NoSuchProcess):
-            victim.kill()
-    psutil.wait_procs(victims, timeout=10)
-    return True
+            return reason, None
 
 
 def _durations(output: Path, spawned: float, ended: float) -> tuple[int, int, int]:
@@ -419,36 +412,3 @@ def _read_limited(path: Path) -> str | None:
         return None
     with open(path, encoding="utf-8", errors="replace") as handle:
         return handle.read(OUTPUT_LIMIT + 1)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Child process: execute the notebook a spec file describes."""
-    # jsonschema imports rfc3987_syntax, which builds ~35 Lark parsers at import (~2 s per run here,
-    # python-jsonschema/jsonschema#1428); notebook schemas never use its IRI formats, so skip it.
-    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
-    import papermill
-    from nbclient.exceptions import DeadKernelError
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
-    try:
-        papermill.execute_notebook(
-            spec["input"],
-            spec["output"],
-            parameters=spec["parameters"],
-            cwd=spec["cwd"],
-            kernel_name=spec["kernel_name"],
-            progress_bar=False,
-            log_output=True,
-        )
-    except papermill.PapermillExecutionError as exc:
-        print(f"{exc.ename}: {exc.evalue}", file=sys.stderr)
-        return 1
-    except DeadKernelError:  # the kernel process ended mid-cell: killed (SIGKILL, out of memory) or crashed
-        print(KERNEL_DIED, file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from helpers.config import PROJECT_ROOT
+from helpers.local.job_process import kill_tree
 from helpers.local.job_runner import (
     SERVER_STOPPED,
     JobRunExecutor,
     RunControl,
-    kill_tree,
     now_ms,
     resolve_notebook_path,
 )
@@ -88,13 +88,16 @@ class LocalJobs:
             for control in self._controls.values():
                 control.request_stop("shutdown")
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.executor.close()
         self.recover()
         self.store.close()
 
     # Jobs
 
     def create_job(self, settings: dict[str, Any]) -> JobRecord:
-        return self.store.insert_job(self._validate(settings), self.user, now_ms())
+        job = self.store.insert_job(self._validate(settings), self.user, now_ms())
+        self.executor.processes.fill()  # a job exists: its first run should not wait for a kernel to start
+        return job
 
     def get_job(self, job_id: Any) -> JobRecord:
         job = self.store.get_job(_int(job_id, "job_id"))

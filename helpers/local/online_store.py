@@ -25,6 +25,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from helpers.local.fail_points import fail_point
 from helpers.local.tables import DeltaTables, TableMeta
 from helpers.names import parse_uc_name
 
@@ -372,6 +373,7 @@ class OnlineStore:
             result = self._publish_locked(
                 conn, meta, online_table_name, tables, version, snapshot, online_store
             )
+            fail_point("online_store.publish.before_commit")
         log.info("published %s -> %s: %s", source_table_name, online_table_name, result)
         return result
 

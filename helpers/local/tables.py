@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 
+from helpers.local.fail_points import fail_point
 from helpers.names import parse_uc_name
 
 
@@ -193,6 +194,7 @@ class DeltaTables:
         _check_unique_keys(data, meta)
         predicate = " AND ".join(f"t.`{c}` = s.`{c}`" for c in meta.key_columns)
         with self.lock(name):
+            fail_point("tables.merge.locked")
             (
                 self.delta(name)
                 .merge(data, predicate=predicate, source_alias="s", target_alias="t", merge_schema=True)
@@ -200,6 +202,7 @@ class DeltaTables:
                 .when_not_matched_insert_all()
                 .execute()
             )
+            fail_point("tables.merge.committed")
 
     def drop(self, name: str) -> None:
         self._require(name)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import fresh_state
 import papermill
 import pytest
 from app_server import use_server
@@ -62,7 +63,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory, module_patch: pytest.MonkeyP
     """A state dir with the tables, the demand model, the results endpoint and the job."""
     from helpers.local.server.process import stop_server
 
-    state = tmp_path_factory.mktemp("app_e2e_state")
+    state = fresh_state.seed(tmp_path_factory.mktemp("app_e2e_state"))
     module_patch.setenv("HELPERS_STATE_DIR", str(state))
     module_patch.delenv("MLFLOW_TRACKING_URI", raising=False)
     try:

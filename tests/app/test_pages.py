@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 
+import fresh_state
 import pytest
 from app_server import use_server
 from databricks.sdk import WorkspaceClient
@@ -27,7 +28,7 @@ def w(
 ) -> Iterator[WorkspaceClient]:
     from helpers.local.server.process import stop_server
 
-    state = tmp_path_factory.mktemp("app_pages_state")
+    state = fresh_state.seed(tmp_path_factory.mktemp("app_pages_state"))
     module_patch.setenv("HELPERS_STATE_DIR", str(state))
     module_patch.delenv("MLFLOW_TRACKING_URI", raising=False)
     try:
@@ -201,6 +202,7 @@ def fraud_endpoint(w: WorkspaceClient) -> Iterator[str]:
         pyfunc_predict_fn="predict_proba",
         registered_model_name=name,
         input_example=x.head(3),
+        pip_requirements=["scikit-learn"],  # skips inferring them (a subprocess per model)
     )
     serving.deploy_endpoint(w, "fraud-scoring", [serving.served_entity(name, info.registered_model_version)])
     yield "fraud-scoring"

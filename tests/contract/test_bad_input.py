@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
 
+import fresh_state
 import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
@@ -103,7 +104,7 @@ JOB = {
 
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeds]:
-    state_dir: Path = tmp_path_factory.mktemp("bad-input")
+    state_dir: Path = fresh_state.seed(tmp_path_factory.mktemp("bad-input"))
     FunctionRegistry(state_dir).create("main.fz.double", {"x": "DOUBLE"}, "DOUBLE", "return x * 2")
     spec = FeatureSpec(functions=[FunctionSpec("main.fz.double", {"x": "x"}, "x2")])
     spec.save(feature_spec_path(state_dir, SPEC))

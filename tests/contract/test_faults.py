@@ -1,9 +1,10 @@
 """Faults, each with a real process killed by SIGKILL: a writer mid-publish, a writer mid-merge, the workspace
 server mid-run, a job's kernel; plus an endpoint whose model cannot load.
 
-The tests never assert when a kill landed; they observe progress (SQLite's write-ahead log growing, the
-table's lock held, a marker file) to kill mid-way, then assert what must hold whatever the moment: nothing
-torn, nothing lost, the failure recorded with a reason, and the next operation works.
+No test races a timer: a writer is stopped at a named fail point (``HELPERS_FAIL_POINT``, see
+:mod:`helpers.local.fail_points`) and killed there, or killed once it shows progress (a marker file, a data
+file on disk). The tests then assert what must hold whatever the moment: nothing torn, nothing lost, the
+failure recorded with a reason, and the next operation works.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
+import fresh_state
 import mlflow
 import pandas as pd
 import pytest
@@ -40,6 +42,8 @@ from jobs_server import FIXTURE_NOTEBOOKS
 from polling import process_gone, wait_for
 from sklearn.linear_model import LogisticRegression
 
+from helpers import serving
+from helpers.local.fail_points import FAIL_POINT_ENV, FAIL_POINT_FILE_ENV
 from helpers.local.feature_client import LocalFeatureEngineeringClient
 from helpers.local.frames import to_arrow
 from helpers.local.job_runner import KERNEL_DIED
@@ -54,14 +58,16 @@ MODEL = "main.faults.tiny_model"
 STORE = "fault-store"
 CDF_ON = {"delta.enableChangeDataFeed": "true"}
 WAIT = timedelta(minutes=3)
-# Enough rows that a publish or a merge lasts long enough to be caught mid-way, few enough to stay quick.
-ROWS = 100_000
+# Rows enough, and wide enough (~4 MB), that a publish's uncommitted rows overflow SQLite's 2 MB page cache
+# into the write-ahead log, which a kill then leaves with frames of no commit.
+ROWS = 50_000
+NOTE = "x" * 60
 
 
 def _rows(generation: int, n: int = ROWS) -> pd.DataFrame:
     """Every row of one generation carries ``spend = generation * id``: a reader can tell which it saw."""
     ids = pd.Series(range(n), dtype="int64")
-    return pd.DataFrame({"customer_id": ids, "spend": ids * float(generation), "note": f"gen-{generation}"})
+    return pd.DataFrame({"customer_id": ids, "spend": ids * float(generation), "note": f"{generation}{NOTE}"})
 
 
 def _generations(frame: pd.DataFrame) -> set[float]:
@@ -70,16 +76,51 @@ def _generations(frame: pd.DataFrame) -> set[float]:
     return set((rest["spend"] / rest["customer_id"]).round(6))
 
 
-def _child(state_dir: Path, code: str) -> subprocess.Popen[str]:
-    """Another Python process running ``code`` with ``fe`` (a client on ``state_dir``) and ``_rows``."""
-    prelude = (
-        "from pathlib import Path\n"
-        "import pandas as pd\n"
-        "from helpers.local.feature_client import LocalFeatureEngineeringClient\n"
-        f"fe = LocalFeatureEngineeringClient(Path({str(state_dir)!r}))\n"
-        f"ROWS = {ROWS}\n" + inspect.getsource(_rows)
-    )
-    return subprocess.Popen([sys.executable, "-c", prelude + code], stdout=subprocess.PIPE, text=True)
+Child = Callable[..., subprocess.Popen[str]]
+
+
+@pytest.fixture
+def child(state_dir: Path) -> Iterator[Child]:
+    """Starts another Python process running ``code`` with ``fe`` (a client on ``state_dir``) and ``_rows``;
+    with ``fail_point``, it stops there (see :func:`_stopped_at`). Whatever is left is killed at the end."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(code: str, fail_point: str | None = None) -> subprocess.Popen[str]:
+        prelude = (
+            "from pathlib import Path\n"
+            "import pandas as pd\n"
+            "from helpers.local.feature_client import LocalFeatureEngineeringClient\n"
+            f"fe = LocalFeatureEngineeringClient(Path({str(state_dir)!r}))\n"
+            f"ROWS, NOTE = {ROWS}, {NOTE!r}\n" + inspect.getsource(_rows)
+        )
+        env = {**os.environ}
+        if fail_point:
+            env |= {FAIL_POINT_ENV: fail_point, FAIL_POINT_FILE_ENV: str(_marker(state_dir))}
+        process = subprocess.Popen(
+            [sys.executable, "-c", prelude + code], stdout=subprocess.PIPE, text=True, env=env
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:  # a test that failed before its kill leaves a process standing at its point
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _marker(state_dir: Path) -> Path:
+    return state_dir.parent / "fail-point.pid"
+
+
+def _stopped_at(process: subprocess.Popen[str], state_dir: Path) -> None:
+    """Wait until ``process`` stands at its fail point (it wrote its pid there); it must not end first."""
+    marker = _marker(state_dir)
+    wait_for(lambda: marker.exists() or process.poll() is not None, "the process to reach its fail point")
+    assert marker.exists(), f"the process ended (exit code {process.returncode}) before its fail point"
+    assert int(marker.read_text()) == process.pid
 
 
 def _kill(process: subprocess.Popen[str]) -> bool:
@@ -134,30 +175,30 @@ def fe(state_dir: Path) -> LocalFeatureEngineeringClient:
 
 
 @pytest.mark.parametrize("publish_mode", ["TRIGGERED", "SNAPSHOT"])
-def test_a_publish_killed_mid_way_leaves_the_online_table_whole_and_the_next_one_works(
-    state_dir: Path, fe: LocalFeatureEngineeringClient, publish_mode: str
+def test_a_publish_killed_before_its_commit_leaves_the_online_table_whole_and_the_next_one_works(
+    state_dir: Path, fe: LocalFeatureEngineeringClient, child: Child, publish_mode: str
 ) -> None:
     store = fe.create_online_store(name=STORE, capacity="CU_1")
     fe.publish_table(online_store=store, source_table_name=TABLE, online_table_name=ONLINE)
     fe.write_table(name=TABLE, df=_rows(2))  # every row changes: the next publish rewrites them all
+    with closing(sqlite3.connect(state_dir / "online.db")) as conn:
+        conn.execute(
+            "PRAGMA wal_checkpoint(TRUNCATE)"
+        )  # an empty write-ahead log: what follows is the publish's
     wal = state_dir / "online.db-wal"
-    before = wal.stat().st_size if wal.exists() else 0
 
-    publisher = _child(
-        state_dir,
+    publisher = child(
         f"store = fe.get_online_store(name={STORE!r})\n"
         f"fe.publish_table(online_store=store, source_table_name={TABLE!r}, online_table_name={ONLINE!r},"
         f" publish_mode={publish_mode!r})\n",
+        fail_point="online_store.publish.before_commit",
     )
-    # Mid-way: the publish's transaction has written a MB of its rows to the write-ahead log.
-    wait_for(
-        lambda: publisher.poll() is not None or (wal.exists() and wal.stat().st_size > before + 2**20),
-        "the publish to write rows",
-    )
-    assert _kill(publisher), "the publish ended before the kill; raise ROWS"
+    _stopped_at(publisher, state_dir)
+    assert wal.stat().st_size > 2**20  # the rows are in the write-ahead log, not yet committed
+    assert _kill(publisher)
 
-    version = _assert_online_store_whole(state_dir, fe)  # wholly old (version 0) or wholly new (1)
-    assert _generations(_online_rows(state_dir)) == {float(version + 1)}
+    assert _assert_online_store_whole(state_dir, fe) == 0  # wholly the old version: nothing torn
+    assert _generations(_online_rows(state_dir)) == {1.0}
     fe.publish_table(
         online_store=store, source_table_name=TABLE, online_table_name=ONLINE, publish_mode=publish_mode
     )
@@ -165,29 +206,41 @@ def test_a_publish_killed_mid_way_leaves_the_online_table_whole_and_the_next_one
     assert _generations(_online_rows(state_dir)) == {2.0}
 
 
-@pytest.mark.parametrize("into_merge", [0.5, 0.9])
+def _data_files(state_dir: Path) -> int:
+    return len(list(LocalFeatureEngineeringClient(state_dir)._tables.path(TABLE).glob("*.parquet")))
+
+
+@pytest.mark.parametrize(
+    "kill_at", ["tables.merge.locked", "writing its data files", "tables.merge.committed"]
+)
 def test_a_merge_killed_mid_way_loses_no_row_leaves_no_lock_and_the_next_one_works(
-    state_dir: Path, fe: LocalFeatureEngineeringClient, into_merge: float
+    state_dir: Path, fe: LocalFeatureEngineeringClient, child: Child, kill_at: str
 ) -> None:
     lock = fe._tables.path(TABLE).with_suffix(".lock")
-
-    # A writer merging generation after generation, saying how long each merge took.
-    writer = _child(
-        state_dir,
-        "import time\n"
-        "for generation in range(2, 100):\n"
-        "    started = time.monotonic()\n"
+    merges = (
+        f"fe.write_table(name={TABLE!r}, df=_rows(2))\n"  # version 1, then the merge that is killed
+        "for generation in range(3, 100):\n"
         f"    fe.write_table(name={TABLE!r}, df=_rows(generation))\n"
-        "    print(time.monotonic() - started, flush=True)\n",
+        "    print(flush=True)\n"
     )
-    assert writer.stdout is not None
-    took = float(writer.stdout.readline())  # one merge done: the next is under way
-    wait_for(lambda: writer.poll() is not None or _lock_held(lock), "the writer to take the table's lock")
-    time.sleep(into_merge * took)  # kill at the start, in the middle, near the end of a merge
+    if kill_at.startswith("tables."):  # at a fail point, before the merge wrote anything or once it committed
+        writer = child(merges, fail_point=kill_at)
+        _stopped_at(writer, state_dir)
+        assert _lock_held(lock)
+    else:  # inside deltalake's own merge, once it wrote a data file (it may have committed since)
+        writer = child(merges)
+        assert writer.stdout is not None
+        writer.stdout.readline()  # a merge done: the next is under way
+        files = _data_files(state_dir)
+        wait_for(lambda: writer.poll() is not None or _data_files(state_dir) > files, "a new data file")
     assert _kill(writer)
 
     assert not _lock_held(lock)  # the lock died with its holder: the next writer is not blocked
     version = fe._tables.version(TABLE)
+    if kill_at == "tables.merge.locked":
+        assert version == 0
+    elif kill_at == "tables.merge.committed":
+        assert version == 1
     table = fe.read_table(name=TABLE)
     assert len(table) == ROWS and table["customer_id"].is_unique  # no row lost, none doubled
     assert _generations(table) == {float(version + 1)}  # wholly the last committed merge, version k = k+1
@@ -226,7 +279,7 @@ class Workspace:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
-    state_dir = tmp_path_factory.mktemp("faults")
+    state_dir = fresh_state.seed(tmp_path_factory.mktemp("faults"))
     uri = f"sqlite:///{state_dir / 'mlflow.db'}"
     patch = pytest.MonkeyPatch()
     patch.setenv("HELPERS_STATE_DIR", str(state_dir))
@@ -389,6 +442,8 @@ def test_a_model_that_cannot_load_is_reported_and_the_other_endpoints_keep_servi
     assert entity.state.deployment_state_message  # why it failed (here: the corrupt file)
     with pytest.raises(BadRequest, match="no served entity ready"):
         w.serving_endpoints.query("corrupt", dataframe_records=[{"x1": 3.0}])
+    with pytest.raises(OperationFailed, match="UPDATE_FAILED"):  # the notebooks' waiter says so too
+        serving.wait_until_updated(w, "corrupt")
 
     # An update to the corrupt version fails too; the endpoint keeps serving the version it had.
     with pytest.raises(OperationFailed):

@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
+import fresh_state
 import psutil
 import pytest
 from databricks.sdk import WorkspaceClient
@@ -36,7 +37,7 @@ PROBE = "notebooks/jobs/probe"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobsServer]:
-    with serve_jobs(tmp_path_factory.mktemp("jobs-state")) as running:
+    with serve_jobs(fresh_state.seed(tmp_path_factory.mktemp("jobs-state"))) as running:
         yield running
 
 

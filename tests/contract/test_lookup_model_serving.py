@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import cloudpickle
+import fresh_state
 import mlflow
 import pandas as pd
 import pytest
@@ -44,7 +45,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, object]]:
-    state = tmp_path_factory.mktemp("lookup_state")
+    state = fresh_state.seed(tmp_path_factory.mktemp("lookup_state"))
     patch = pytest.MonkeyPatch()
     patch.setenv("HELPERS_STATE_DIR", str(state))
     platform.settings(state_dir=state)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+import fresh_state
 import mlflow
 import pandas as pd
 import pytest
@@ -84,7 +85,7 @@ class Workspace:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
-    state_dir = tmp_path_factory.mktemp("supervision")
+    state_dir = fresh_state.seed(tmp_path_factory.mktemp("supervision"))
     patch = pytest.MonkeyPatch()
     patch.setenv("HELPERS_STATE_DIR", str(state_dir))
     patch.setenv(EXECUTION_LIMIT_ENV, str(LIMIT_SECONDS))

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import fresh_state
 import mlflow
 import pytest
 from databricks.sdk import WorkspaceClient
@@ -32,7 +33,7 @@ ROW = {"x1": 1.0, "x2": 0.0}
 
 @pytest.fixture(scope="module")
 def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("rollout")
+    path = fresh_state.seed(tmp_path_factory.mktemp("rollout"))
     uri = f"sqlite:///{path / 'mlflow.db'}"
     patch = pytest.MonkeyPatch()
     patch.setenv("HELPERS_STATE_DIR", str(path))
@@ -80,13 +81,13 @@ def test_requests_follow_the_traffic_percentages(state_dir: Path) -> None:
         ("challenger", 10),
     ]
 
-    n = 1200
+    n = 400
     counts = Counter(
         w.serving_endpoints.query("ab", dataframe_records=[ROW]).served_model_name for _ in range(n)
     )
 
-    # Binomial(n=1200, p=0.1): mean 120, sd 10.4. Five standard deviations (±52) fail a correct router
-    # once in ~1.7 million runs, and catch a router that ignores the weights (600) or inverts them (1080).
+    # Binomial(n=400, p=0.1): mean 40, sd 6. Five standard deviations (±30) fail a correct router once in
+    # ~1.7 million runs, and catch a router that ignores the weights (200) or inverts them (360).
     tolerance = 5 * math.sqrt(n * 0.1 * 0.9)
     assert set(counts) == {"champion", "challenger"}
     assert abs(counts["challenger"] - n * 0.1) <= tolerance, counts

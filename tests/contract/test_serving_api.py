@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import fresh_state
 import mlflow
 import pandas as pd
 import psutil
@@ -85,7 +86,13 @@ def _register_models(state_dir: Path) -> None:
     for model in (LogisticRegression().fit(X, Y), LogisticRegression(C=100.0).fit(X, Y)):
         with mlflow.start_run(experiment_id=experiment):
             signature = mlflow.models.infer_signature(X, model.predict(X))
-            mlflow.sklearn.log_model(model, name="model", signature=signature, registered_model_name=MODEL)
+            mlflow.sklearn.log_model(
+                model,
+                name="model",
+                signature=signature,
+                registered_model_name=MODEL,
+                pip_requirements=["scikit-learn"],  # skips inferring them (a subprocess per model)
+            )
 
 
 def _publish_features(state_dir: Path) -> None:
@@ -120,7 +127,7 @@ def _publish_features(state_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
-    state_dir = tmp_path_factory.mktemp("workspace")
+    state_dir = fresh_state.seed(tmp_path_factory.mktemp("workspace"))
     uri = f"sqlite:///{state_dir / 'mlflow.db'}"
     patch = pytest.MonkeyPatch()
     patch.setenv("HELPERS_STATE_DIR", str(state_dir))

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
 import pytest
 from jobs_server import FIXTURE_NOTEBOOKS
+from polling import process_gone, wait_for
 
 from helpers.local.dynamic_values import RunContext, UnknownReference, substitute, time_arguments
+from helpers.local.job_process import READY, JobProcesses
 from helpers.local.job_runner import SERVER_STOPPED, resolve_notebook_path
 from helpers.local.job_store import JobStore, RunRecord, State
 from helpers.local.jobs import LocalJobs
@@ -316,3 +320,80 @@ def test_legacy_notebook_params_and_non_identifier_names_reach_the_notebook(loca
     # "shelf-count" cannot be a Python variable, but job_parameters() still has it
     assert echoed["parameters"] == {"greeting": "legacy", "shelf-count": "3"}
     assert echoed["state_dir"] == str(local_jobs.state_dir)
+
+
+# Job processes started ahead of demand
+
+
+def test_a_run_takes_the_process_started_ahead_in_its_own_directory_and_environment(
+    local_jobs: LocalJobs, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PROBE_GONE", "set when the process started")
+    monkeypatch.setenv("PROBE_CHANGED", "before")
+    job = local_jobs.create_job({"name": "ahead", "tasks": [notebook_task("probe")]})
+    [ahead] = local_jobs.executor.processes.waiting  # started with the job, before any run
+    monkeypatch.delenv("PROBE_GONE")
+    monkeypatch.setenv("PROBE_CHANGED", "after")
+    monkeypatch.setenv("PROBE_NEW", "new")
+    exited = tmp_path / "exited"
+
+    run_id = local_jobs.run_now(job.job_id, notebook_params={"at_exit": str(exited)}).run_id
+    run = wait_until_done(local_jobs, run_id)
+
+    assert run.state.result_state == "SUCCESS", run.state.state_message
+    [task] = run.tasks
+    assert task.pid == ahead.process.pid
+    echoed = json.loads(local_jobs.get_output(task.run_id)[0].exit_value)
+    assert echoed["parent_pid"] == ahead.process.pid  # the notebook ran in the kernel it had started
+    assert echoed["environment"] == {
+        "PROBE_CHANGED": "after",
+        "PROBE_NEW": "new",
+    }  # the run's, not the start's
+    assert echoed["cwd"] == str(FIXTURE_NOTEBOOKS / "jobs")
+    executed = json.loads(Path(task.output_path).read_text())
+    assert [c["execution_count"] for c in executed["cells"] if c["cell_type"] == "code"] == [1, 2, 3]
+    [replacement] = local_jobs.executor.processes.waiting  # one process per run: the next one waits
+    assert replacement.process.pid != ahead.process.pid
+    wait_for(exited.exists, "the kernel to shut down gracefully, running its atexit handlers")
+    wait_for(lambda: process_gone(ahead.process.pid), "the run's process to end")
+
+
+def test_a_kernel_that_died_while_waiting_is_replaced_and_shutdown_ends_the_waiting_processes(
+    local_jobs: LocalJobs, tmp_path: Path
+) -> None:
+    job = local_jobs.create_job({"name": "ahead", "tasks": [notebook_task("probe")]})
+    [ahead] = local_jobs.executor.processes.waiting
+    wait_for(lambda: READY in ahead.log.read_text(errors="replace"), "the waiting process to be ready")
+    [kernel] = psutil.Process(ahead.process.pid).children()
+    kernel.kill()
+    wait_for(lambda: process_gone(kernel.pid), "the waiting kernel to die")
+    marker = tmp_path / "kernel.pid"
+
+    run = wait_until_done(
+        local_jobs, local_jobs.run_now(job.job_id, notebook_params={"marker": str(marker)}).run_id
+    )
+
+    assert run.state.result_state == "SUCCESS", run.state.state_message
+    assert run.tasks[0].pid == ahead.process.pid and int(marker.read_text()) != kernel.pid
+    [waiting] = local_jobs.executor.processes.waiting
+    wait_for(lambda: READY in waiting.log.read_text(errors="replace"), "the next process to be ready")
+    tree = [
+        waiting.process.pid,
+        *(p.pid for p in psutil.Process(waiting.process.pid).children(recursive=True)),
+    ]
+    local_jobs.shutdown()
+    assert len(tree) == 2 and all(process_gone(pid) for pid in tree)  # the process and its kernel
+
+
+def test_a_waiting_process_whose_server_is_gone_ends_with_its_kernel(tmp_path: Path) -> None:
+    """A killed server cannot kill its waiting processes: its end of their stdin closes, and they end."""
+    processes = JobProcesses(tmp_path / "processes", lambda: dict(os.environ), size=1)
+    processes.fill()
+    [waiting] = processes.waiting
+    wait_for(lambda: READY in waiting.log.read_text(errors="replace"), "the waiting process to be ready")
+    [kernel] = psutil.Process(waiting.process.pid).children()
+    assert waiting.process.stdin is not None
+    waiting.process.stdin.close()  # what the server's death does to the pipe
+
+    assert waiting.process.wait(timeout=120) == 0
+    wait_for(lambda: process_gone(kernel.pid), "the kernel to end with its process")

@@ -28,7 +28,8 @@ NOTEBOOKS_ROOT_ENV = "HELPERS_JOBS_NOTEBOOKS_ROOT"
 
 
 def start_jobs(state_dir: Path, *, notebooks_root: Path | None = None, max_workers: int = 2) -> LocalJobs:
-    """Open the job store, close runs a dead server left active, start the runner threads.
+    """Open the job store, close runs a dead server left active, start the runner threads and, if jobs
+    exist, a job process for their next run.
 
     Notebook tasks resolve inside ``notebooks_root``: by default ``$HELPERS_JOBS_NOTEBOOKS_ROOT`` if set
     (tests point it at fixture notebooks), else the project's ``notebooks/``.
@@ -38,6 +39,8 @@ def start_jobs(state_dir: Path, *, notebooks_root: Path | None = None, max_worke
     closed = jobs.recover()
     if closed:
         log.warning("closed %d job run(s) left active by a stopped server: %s", len(closed), closed)
+    if jobs.list_jobs(limit=1)[0]:
+        jobs.executor.processes.fill()  # jobs exist: the next run's process starts before it is asked for
     return jobs
 
 
