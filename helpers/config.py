@@ -90,6 +90,7 @@ class Settings:
     job_name: str = "shelf_layout_optimization"
     job_endpoint: str = "shelf-layouts"
     offers_model_name: str = "promo_model"
+    shelf_model_name: str = "shelf_demand_model"
     offers_endpoint: str = "customer-offers"
     live_offers_endpoint: str = "customer-offers-live"
     # The scored events and their entities: the demo's, or your own (``source`` + the column mapping).

@@ -144,7 +144,7 @@ class ProjectNames:
             model=table(cfg.model_name),
             promo_model=table(cfg.offers_model_name),
             request_model=table(f"{cfg.model_name}_request"),
-            shelf_model=table("shelf_demand_model"),
+            shelf_model=table(cfg.shelf_model_name),
         )
 
     def of_kind(self, kind: str) -> tuple[str, ...]:

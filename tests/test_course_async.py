@@ -240,7 +240,7 @@ def test_batch_scoring_is_a_scheduled_bundle_job() -> None:
     assert job["schedule"]["quartz_cron_expression"] and job["schedule"]["pause_status"] == "PAUSED"
     (task,) = job["tasks"]
     assert task["notebook_task"]["notebook_path"] == "./notebooks/scheduled/batch_scoring.ipynb"
-    assert "promo_model" in {p["default"] for p in job["parameters"]}  # notebook 02's model
+    assert "${var.offers_model_name}" in {p["default"] for p in job["parameters"]}  # notebook 02's model
 
 
 def test_the_side_by_side_labels_the_twin_s_figures_and_cites_the_published_limits() -> None:
