@@ -41,6 +41,7 @@ from databricks.sdk.service.serving import (
 from jobs_server import FIXTURE_NOTEBOOKS
 from polling import process_gone, wait_for
 from sklearn.linear_model import LogisticRegression
+from workspace import Workspace as LocalWorkspace
 
 from helpers import serving
 from helpers.local.fail_points import FAIL_POINT_ENV, FAIL_POINT_FILE_ENV
@@ -49,7 +50,7 @@ from helpers.local.frames import to_arrow
 from helpers.local.job_runner import KERNEL_DIED
 from helpers.local.online_store import OnlineStore
 from helpers.local.server.jobs_api import NOTEBOOKS_ROOT_ENV
-from helpers.local.server.process import ensure_server, read_info, stop_server
+from helpers.local.server.process import ensure_server, stop_server
 from helpers.local.tables import TableMeta
 
 TABLE = "main.faults.customers"
@@ -260,21 +261,12 @@ ORDER_IDS = list(range(1, 2001))
 
 
 @dataclass(frozen=True)
-class Workspace:
+class Workspace(LocalWorkspace):
     """A real server process (``python -m helpers.local.server serve``) on its own state directory."""
-
-    state_dir: Path
 
     @property
     def pid(self) -> int:
-        info = read_info(self.state_dir)
-        assert info is not None
-        return info.pid
-
-    def client(self) -> WorkspaceClient:
-        info = read_info(self.state_dir)
-        assert info is not None
-        return WorkspaceClient(host=info.url, token=info.token, auth_type="pat")
+        return self.server.pid
 
 
 @pytest.fixture(scope="module")

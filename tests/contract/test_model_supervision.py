@@ -32,9 +32,10 @@ from databricks.sdk.service.serving import (
     ServedModelStateDeployment,
 )
 from polling import wait_for
+from workspace import Workspace as LocalWorkspace
 
 from helpers.local.server.layout import mlflow_artifacts, mlflow_uri
-from helpers.local.server.process import ServerInfo, read_info, running_server
+from helpers.local.server.process import running_server
 from helpers.local.server.registry import EXECUTION_LIMIT_ENV
 
 MODEL = "main.supervision.probe"
@@ -58,17 +59,8 @@ class Probe(mlflow.pyfunc.PythonModel):
 
 
 @dataclass(frozen=True)
-class Workspace:
-    state_dir: Path
-
-    @property
-    def server(self) -> ServerInfo:
-        info = read_info(self.state_dir)
-        assert info is not None
-        return info
-
-    def client(self) -> WorkspaceClient:
-        return WorkspaceClient(host=self.server.url, token=self.server.token, auth_type="pat")
+class Workspace(LocalWorkspace):
+    """The server, plus plain-HTTP calls and a switch that holds the test load."""
 
     def post(self, endpoint: str, x: float, session: Any = requests) -> requests.Response:
         return session.post(

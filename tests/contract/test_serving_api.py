@@ -9,7 +9,6 @@ from __future__ import annotations
 import stat
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,7 +19,6 @@ import psutil
 import pyarrow as pa
 import pytest
 import requests
-from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors import (
     BadRequest,
     NotFound,
@@ -38,19 +36,18 @@ from databricks.sdk.service.serving import (
     ServedModelStateDeployment,
     TrafficConfig,
 )
+from publishing_client import PublishingClient
 from sklearn.linear_model import LogisticRegression
+from workspace import Workspace
 
-from helpers.local.functions import FunctionRegistry
-from helpers.local.publishing import OnlinePublishingMixin
 from helpers.local.server.process import (
-    ServerInfo,
     ensure_server,
     info_path,
     read_info,
     running_server,
     stop_server,
 )
-from helpers.local.tables import DeltaTables, TableMeta
+from helpers.local.tables import TableMeta
 
 MODEL = "main.default.tiny_model"
 SPEC = "main.default.customer_features"
@@ -58,27 +55,6 @@ UNPUBLISHED_SPEC = "main.default.store_features"
 CUSTOMERS = "main.default.customers"
 X = pd.DataFrame({"x1": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "x2": [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]})
 Y = [0, 0, 0, 1, 1, 1]
-
-
-class _FeatureClient(OnlinePublishingMixin):
-    def __init__(self, state_dir: Path) -> None:
-        self._state_dir = state_dir
-        self._tables = DeltaTables(state_dir)
-        self._functions = FunctionRegistry(state_dir)
-
-
-@dataclass
-class Workspace:
-    state_dir: Path
-
-    @property
-    def server(self) -> ServerInfo:
-        info = read_info(self.state_dir)
-        assert info is not None
-        return info
-
-    def client(self, token: str | None = None) -> WorkspaceClient:
-        return WorkspaceClient(host=self.server.url, token=token or self.server.token, auth_type="pat")
 
 
 def _register_models(state_dir: Path) -> None:
@@ -98,7 +74,7 @@ def _register_models(state_dir: Path) -> None:
 def _publish_features(state_dir: Path) -> None:
     from databricks.feature_engineering import FeatureFunction, FeatureLookup
 
-    fe = _FeatureClient(state_dir)
+    fe = PublishingClient(state_dir)
     data = pa.table({"customer_id": [1, 2, 3], "age": [25, 41, 67], "segment": ["new", "regular", "vip"]})
     fe._tables.create(TableMeta(CUSTOMERS, ["customer_id"]), data, None)
     fe._tables.set_properties(CUSTOMERS, {"delta.enableChangeDataFeed": "true"})
