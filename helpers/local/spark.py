@@ -88,7 +88,7 @@ class LocalDataFrameWriter:
         return self
 
     def option(self, key: str, value: object) -> LocalDataFrameWriter:
-        self._options[key] = str(value).lower()
+        self._options[key.lower()] = str(value).lower()  # Spark option keys are case-insensitive
         return self
 
     def saveAsTable(self, name: str) -> None:  # noqa: N802 - Spark's name
