@@ -138,11 +138,13 @@ def recommend(
     ``quality`` holds ``_profile_metrics`` rows (``column_name = ':table'``) of ``version``: the newest
     window with an ``f1_score`` is judged. ``drift`` holds ``_drift_metrics`` rows of the features:
     ``population_stability_index`` for numeric ones, ``js_distance`` for categorical ones. Each reason names
-    the metric, its value, the threshold and the version. No labelled row yet is said, not counted.
+    the metric, its value, the threshold and the version. Without labelled rows of ``positive_class`` yet
+    (late labels) F1 is not judged.
     """
     reasons = []
     scored = quality.dropna(subset=["f1_score"]) if "f1_score" in quality else quality.iloc[0:0]
-    scored = scored[[positive_class in (f["one_vs_all"] or {}) for f in scored["f1_score"]]]
+    has_class = np.array([positive_class in (f["one_vs_all"] or {}) for f in scored["f1_score"]], dtype=bool)
+    scored = scored.loc[has_class]
     if not scored.empty:
         newest = scored.sort_values("window", key=lambda w: w.map(lambda x: x["start"])).iloc[-1]
         f1 = float(newest["f1_score"]["one_vs_all"][positive_class])
