@@ -1,7 +1,8 @@
-"""Monitoring computations over an endpoint's inference table: unpacking, quality, drift, operations.
+"""What monitoring needs beyond the platform's data-profiling monitor, the same on both backends.
 
-Pure pandas/NumPy/SciPy, the same on both backends: the notebook reads the payload table (a plain Delta
-table, not a feature table) with ``spark.table(name).toPandas()`` and hands the frame over.
+The monitor (``w.data_quality``) computes quality and drift into its metric tables. This module unpacks the
+payload table into rows a monitor can profile, summarises operations the monitor does not see (failed
+requests, latency), judges the metric-table rows against thresholds, and refreshes a monitor and waits.
 """
 
 from __future__ import annotations
@@ -15,10 +16,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
-from sklearn.metrics import precision_score, recall_score, roc_auc_score
-
-_EPSILON = 1e-4  # floor for empty bins, so PSI stays finite
 
 
 class NotEnoughTraffic(LookupError):
@@ -87,64 +84,6 @@ def _predictions(response: str | None) -> list[Any] | None:
     return predictions if isinstance(predictions, list) else None
 
 
-def psi(reference: pd.Series, current: pd.Series, bins: int = 10) -> float:
-    """Population stability index of ``current`` against ``reference``.
-
-    Numeric columns use the reference's quantile bins; other columns compare category shares. Rules of thumb:
-    < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 major shift.
-    """
-    reference, current = reference.dropna(), current.dropna()
-    if reference.empty or current.empty:
-        raise ValueError("psi needs non-empty reference and current values")
-    if pd.api.types.is_numeric_dtype(reference) and not pd.api.types.is_bool_dtype(reference):
-        edges = np.unique(np.quantile(reference.to_numpy(float), np.linspace(0, 1, bins + 1)))
-        edges[0], edges[-1] = -np.inf, np.inf
-        expected = np.histogram(reference, edges)[0] / len(reference)
-        actual = np.histogram(current, edges)[0] / len(current)
-    else:
-        levels = sorted(set(reference.astype(str)) | set(current.astype(str)))
-        expected = reference.astype(str).value_counts(normalize=True).reindex(levels, fill_value=0).to_numpy()
-        actual = current.astype(str).value_counts(normalize=True).reindex(levels, fill_value=0).to_numpy()
-    expected, actual = np.clip(expected, _EPSILON, None), np.clip(actual, _EPSILON, None)
-    return float(np.sum((actual - expected) * np.log(actual / expected)))
-
-
-def drift_report(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Per feature: PSI, and for numeric ones the two-sample Kolmogorov-Smirnov statistic and p-value."""
-    rows = []
-    for column in columns:
-        ref, cur = reference[column].dropna(), current[column].dropna()
-        numeric = pd.api.types.is_numeric_dtype(ref) and not pd.api.types.is_bool_dtype(ref)
-        row: dict[str, Any] = {"feature": column, "kind": "numeric" if numeric else "categorical"}
-        row["psi"] = psi(ref, cur)
-        if numeric:
-            ks = stats.ks_2samp(ref.to_numpy(float), cur.to_numpy(float))
-            row |= {"ks_statistic": float(ks.statistic), "ks_pvalue": float(ks.pvalue)}
-        else:
-            row |= {"ks_statistic": np.nan, "ks_pvalue": np.nan}
-        rows.append(row)
-    return pd.DataFrame(rows).sort_values("psi", ascending=False, ignore_index=True)
-
-
-def quality_by(frame: pd.DataFrame, by: str, *, label: str, score: str, threshold: float) -> pd.DataFrame:
-    """ROC AUC and precision/recall at ``threshold`` for each value of ``by`` (rows with a label only)."""
-    rows = []
-    for key, group in frame.dropna(subset=[label, score]).groupby(by, sort=True):
-        y, s = group[label].astype(int), group[score].astype(float)
-        flagged = (s >= threshold).astype(int)
-        rows.append(
-            {
-                by: key,
-                "n_labeled": len(group),
-                "positive_rate": float(y.mean()),
-                "roc_auc": float(roc_auc_score(y, s)) if y.nunique() == 2 else np.nan,
-                "precision": float(precision_score(y, flagged, zero_division=0)),
-                "recall": float(recall_score(y, flagged, zero_division=0)),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
 def operations_over_time(requests: pd.DataFrame, n_buckets: int = 10) -> pd.DataFrame:
     """Per time bucket: request count, error rate and latency percentiles (``execution_duration_ms``).
 
@@ -173,27 +112,60 @@ def operations_over_time(requests: pd.DataFrame, n_buckets: int = 10) -> pd.Data
 
 @dataclass(frozen=True)
 class Thresholds:
-    """When the check recommends retraining."""
+    """When the check recommends retraining (a job run with ``fail_on_threshold`` then fails)."""
 
-    min_roc_auc: float = 0.8
-    max_psi: float = 0.25
+    min_f1_score: float = 0.3  # of the positive class, on the labelled rows
+    max_psi: float = 0.25  # numeric features against the baseline
+    max_js_distance: float = 0.1  # categorical features against the baseline
     max_error_rate: float = 0.05
 
 
+class ThresholdCrossed(RuntimeError):
+    """A monitoring threshold was crossed: the message names each metric, value, threshold and version."""
+
+
 def recommend(
-    quality: pd.DataFrame, drift: pd.DataFrame, error_rate: float, thresholds: Thresholds
+    quality: pd.DataFrame,
+    drift: pd.DataFrame,
+    error_rate: float,
+    thresholds: Thresholds,
+    *,
+    version: str,
+    positive_class: str = "1",
 ) -> tuple[str, list[str]]:
-    """``("retrain" | "keep", reasons)`` from the serving version's quality, feature drift and errors."""
+    """``("retrain" | "keep", reasons)`` from rows of the monitor's metric tables and the error rate.
+
+    ``quality`` holds ``_profile_metrics`` rows (``column_name = ':table'``) of ``version``: the newest
+    window with an ``f1_score`` is judged. ``drift`` holds ``_drift_metrics`` rows of the features:
+    ``population_stability_index`` for numeric ones, ``js_distance`` for categorical ones. Each reason names
+    the metric, its value, the threshold and the version. Without labelled rows of ``positive_class`` yet
+    (late labels) F1 is not judged.
+    """
     reasons = []
-    worst_auc = quality["roc_auc"].min() if not quality.empty else np.nan
-    if np.isnan(worst_auc):
-        reasons.append("not enough labeled traffic to measure ROC AUC")
-    elif worst_auc < thresholds.min_roc_auc:
-        reasons.append(f"ROC AUC {worst_auc:.3f} is below {thresholds.min_roc_auc}")
-    drifted = drift[drift["psi"] > thresholds.max_psi]
-    reasons += [f"{r.feature} drifted: PSI {r.psi:.3f} > {thresholds.max_psi}" for r in drifted.itertuples()]
+    scored = quality.dropna(subset=["f1_score"]) if "f1_score" in quality else quality.iloc[0:0]
+    has_class = np.array([positive_class in (f["one_vs_all"] or {}) for f in scored["f1_score"]], dtype=bool)
+    scored = scored.loc[has_class]
+    if not scored.empty:
+        newest = scored.sort_values("window", key=lambda w: w.map(lambda x: x["start"])).iloc[-1]
+        f1 = float(newest["f1_score"]["one_vs_all"][positive_class])
+        if f1 < thresholds.min_f1_score:
+            reasons.append(
+                f"f1_score of class {positive_class} is {f1:.3f} < min_f1_score {thresholds.min_f1_score} "
+                f"(version {version}, window from {newest['window']['start']:%Y-%m-%d %H:%M})"
+            )
+    for row in drift.itertuples():
+        for metric, limit, name in (
+            ("population_stability_index", thresholds.max_psi, "max_psi"),
+            ("js_distance", thresholds.max_js_distance, "max_js_distance"),
+        ):
+            value = getattr(row, metric, None)
+            if value is not None and not pd.isna(value) and value > limit:
+                reasons.append(
+                    f"{row.column_name} drifted: {metric} {value:.3f} > {name} {limit} (version {version})"
+                )
     if error_rate > thresholds.max_error_rate:
-        reasons.append(f"error rate {error_rate:.1%} is above {thresholds.max_error_rate:.1%}")
+        limit = thresholds.max_error_rate
+        reasons.append(f"error rate {error_rate:.1%} > max_error_rate {limit:.1%} (version {version})")
     return ("retrain" if reasons else "keep"), reasons
 
 

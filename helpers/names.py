@@ -57,7 +57,17 @@ def validate_identifier(value: object, what: str) -> str:
 
 
 # The names the notebooks create -------------------------------------------------------------------------
-_KINDS = ("endpoint", "job", "feature spec", "online store", "online table", "table", "plain table", "model")
+_KINDS = (
+    "endpoint",
+    "job",
+    "feature spec",
+    "online store",
+    "online table",
+    "monitor",
+    "table",
+    "plain table",
+    "model",
+)
 
 
 def _kind(kind: str) -> Any:
@@ -102,7 +112,12 @@ class ProjectNames:
     shelf_layouts_table: str = _kind("table")
     shelf_results_table: str = _kind("table")
     precomputed_table: str = _kind("table")
-    payload_table: str = _kind("plain table")  # the inference log: no primary key, not a feature table
+    monitor: str = _kind("monitor")  # the data-profiling monitor, named by the table it watches
+    payload_table: str = _kind("plain table")  # the inference table: no primary key, not a feature table
+    inference_log_table: str = _kind("plain table")  # notebook 07: one row per scored record, monitored
+    baseline_table: str = _kind("plain table")  # notebook 07: the monitor's baseline
+    profile_metrics_table: str = _kind("plain table")  # the monitor's metric tables
+    drift_metrics_table: str = _kind("plain table")
     model: str = _kind("model")
     promo_model: str = _kind("model")
     request_model: str = _kind("model")
@@ -140,7 +155,12 @@ class ProjectNames:
             shelf_layouts_table=table("shelf_layouts"),
             shelf_results_table=table("shelf_layout_results"),
             precomputed_table=table(f"{cfg.model_name}_precomputed"),
+            monitor=table(f"{cfg.inference_table_prefix}_inference_log"),
             payload_table=table(f"{cfg.inference_table_prefix}_payload"),
+            inference_log_table=table(f"{cfg.inference_table_prefix}_inference_log"),
+            baseline_table=table(f"{cfg.inference_table_prefix}_baseline"),
+            profile_metrics_table=table(f"{cfg.inference_table_prefix}_inference_log_profile_metrics"),
+            drift_metrics_table=table(f"{cfg.inference_table_prefix}_inference_log_drift_metrics"),
             model=table(cfg.model_name),
             promo_model=table(cfg.offers_model_name),
             request_model=table(f"{cfg.model_name}_request"),

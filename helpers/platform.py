@@ -139,7 +139,8 @@ def spark_session(cfg: Settings | None = None) -> Any:
     """The notebook's ``spark``: the active SparkSession on Databricks, a small local stand-in elsewhere.
 
     The local one runs the few statements the notebooks use (``ALTER TABLE ... SET TBLPROPERTIES``,
-    ``DROP TABLE``, ``spark.table``) over the twin's Delta tables and refuses anything else by name.
+    ``DROP TABLE``, ``spark.table``, ``createDataFrame(...).write.saveAsTable``) over the twin's Delta tables
+    and refuses anything else by name.
     """
     cfg = cfg or current_settings()
     if cfg.backend == "databricks":

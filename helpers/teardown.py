@@ -1,5 +1,6 @@
-"""Delete what the notebooks created: endpoints, the job, feature specs, the online store, tables, models and
-functions. It uses only the real APIs, so the same call cleans a Databricks workspace and the local twin.
+"""Delete what the notebooks created: endpoints, the job, feature specs, the online store, the monitor,
+tables, models and functions. It uses only the real APIs, so the same call cleans a Databricks workspace and
+the local twin.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class DemoResources:
     jobs: tuple[str, ...]
     feature_specs: tuple[str, ...]
     online_stores: tuple[str, ...]
+    monitors: tuple[str, ...]  # data-profiling monitors, by the table they watch
     tables: tuple[str, ...]  # feature tables (fe.drop_table)
     plain_tables: tuple[str, ...]  # plain Delta tables, such as the inference table (DROP TABLE)
     models: tuple[str, ...]
@@ -40,6 +42,7 @@ def demo_resources(cfg: Settings) -> DemoResources:
         jobs=names.of_kind("job"),
         feature_specs=names.of_kind("feature spec"),
         online_stores=names.of_kind("online store"),  # deleting a store drops its online tables
+        monitors=names.of_kind("monitor"),
         tables=names.of_kind("table"),
         plain_tables=names.of_kind("plain table"),
         models=names.of_kind("model"),
@@ -66,11 +69,15 @@ def teardown(w: Any, fe: Any, resources: DemoResources) -> pd.DataFrame:
         for job_id in ids:
             w.jobs.delete(job_id)
 
+    def delete_monitor(table: str) -> None:  # before its table: a monitor is addressed by the table's id
+        w.data_quality.delete_monitor("table", w.tables.get(table).table_id)
+
     steps: list[tuple[str, tuple[str, ...], Callable[[str], Any]]] = [
         ("endpoint", resources.endpoints, w.serving_endpoints.delete),
         ("job", resources.jobs, delete_job),
         ("feature spec", resources.feature_specs, lambda n: fe.delete_feature_spec(name=n)),
         ("online store", resources.online_stores, lambda n: fe.delete_online_store(name=n)),
+        ("monitor", resources.monitors, delete_monitor),
         ("table", resources.tables, lambda n: fe.drop_table(name=n)),
         ("plain table", resources.plain_tables, lambda n: platform.spark_session().sql(f"DROP TABLE {n}")),
         ("model", resources.models, client.delete_registered_model),

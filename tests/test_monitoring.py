@@ -1,4 +1,4 @@
-"""Monitoring computations: unpacking payload rows, PSI/KS drift, quality per version, operations, advice."""
+"""What monitoring adds to the platform's monitor: unpacking payload rows, operations, the recommendation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from helpers import monitoring
 
@@ -54,53 +53,48 @@ def test_unpack_gives_one_row_per_record_and_keeps_failed_requests() -> None:
     assert frame.iloc[-1]["amount"] == 3.0 and frame.iloc[-1]["served_entity_name"] == "champion"
 
 
-def test_psi_is_zero_for_the_same_distribution_and_large_for_a_shift() -> None:
-    rng = np.random.default_rng(0)
-    reference = pd.Series(rng.normal(0, 1, 5000))
-    assert monitoring.psi(reference, pd.Series(rng.normal(0, 1, 5000))) < 0.02
-    assert monitoring.psi(reference, pd.Series(rng.normal(1.0, 1, 5000))) > 0.25
-    cats = pd.Series(["a"] * 50 + ["b"] * 50)
-    assert monitoring.psi(cats, cats) == pytest.approx(0.0)
-    assert monitoring.psi(cats, pd.Series(["a"] * 90 + ["c"] * 10)) > 0.25
-    with pytest.raises(ValueError, match="non-empty"):
-        monitoring.psi(pd.Series([], dtype=float), reference)
+def _window(day: str) -> dict:
+    start = pd.Timestamp(day, tz="UTC")
+    return {"start": start, "end": start + pd.Timedelta(days=1)}
 
 
-def test_drift_report_flags_the_shifted_feature() -> None:
-    rng = np.random.default_rng(1)
-    reference = pd.DataFrame(
+def _averaged(one: float) -> dict:
+    return {"one_vs_all": {"0": 0.99, "1": one}, "macro": None, "weighted": None}
+
+
+def test_the_recommendation_reads_metric_table_rows_and_names_metric_value_threshold_and_version() -> None:
+    """The newest labelled window's F1 of class 1, PSI / Jensen-Shannon per feature, and the error rate."""
+    quality = pd.DataFrame(
         {
-            "amount": rng.lognormal(3, 1, 3000),
-            "hour": rng.integers(0, 24, 3000),
-            "channel": rng.choice(["web", "pos"], 3000),
+            "window": [_window("2026-01-01"), _window("2026-01-02"), _window("2026-01-03")],
+            "f1_score": [_averaged(0.9), _averaged(0.2), None],  # the newest day has no label yet
         }
     )
-    current = reference.sample(1000, random_state=1).assign(amount=lambda d: d.amount * 3)
-    report = monitoring.drift_report(reference, current, ["amount", "hour", "channel"])
-
-    assert report.iloc[0]["feature"] == "amount" and report.iloc[0]["psi"] > 0.25
-    assert report.set_index("feature").loc["amount", "ks_pvalue"] < 1e-6
-    assert report.set_index("feature").loc["hour", "psi"] < 0.1
-    assert np.isnan(report.set_index("feature").loc["channel", "ks_statistic"])
-
-
-def test_quality_by_version_and_the_recommendation() -> None:
-    frame = pd.DataFrame(
+    drift = pd.DataFrame(
         {
-            "version": ["1"] * 4 + ["2"] * 4,
-            "label": [0, 0, 1, 1, 0, 0, 1, 1],
-            "score": [0.1, 0.2, 0.8, 0.9, 0.9, 0.2, 0.1, 0.8],
+            "column_name": ["amount", "channel"],
+            "population_stability_index": [0.4, None],
+            "js_distance": [None, 0.05],
         }
     )
-    quality = monitoring.quality_by(frame, "version", label="label", score="score", threshold=0.5)
+    thresholds = monitoring.Thresholds(
+        min_f1_score=0.3, max_psi=0.25, max_js_distance=0.1, max_error_rate=0.05
+    )
 
-    assert quality["roc_auc"].tolist() == [1.0, 0.25]  # version 2 ranks 1 of 4 (positive, negative) pairs
-    assert quality["precision"].tolist() == [1.0, 0.5] and quality["recall"].tolist() == [1.0, 0.5]
-    drift = pd.DataFrame({"feature": ["amount"], "psi": [0.05]})
-    thresholds = monitoring.Thresholds(min_roc_auc=0.8, max_psi=0.25, max_error_rate=0.05)
-    assert monitoring.recommend(quality.head(1), drift, 0.0, thresholds) == ("keep", [])
-    decision, reasons = monitoring.recommend(quality, drift.assign(psi=0.4), 0.1, thresholds)
-    assert decision == "retrain" and len(reasons) == 3
+    decision, reasons = monitoring.recommend(quality, drift, 0.1, thresholds, version="2")
+
+    assert decision == "retrain"
+    assert reasons == [
+        "f1_score of class 1 is 0.200 < min_f1_score 0.3 (version 2, window from 2026-01-02 00:00)",
+        "amount drifted: population_stability_index 0.400 > max_psi 0.25 (version 2)",
+        "error rate 10.0% > max_error_rate 5.0% (version 2)",
+    ]
+    calm = drift.assign(population_stability_index=[0.1, None])
+    assert monitoring.recommend(quality.head(1), calm, 0.0, thresholds, version="2") == ("keep", [])
+    assert monitoring.recommend(quality.tail(1), calm, 0.0, thresholds, version="2") == ("keep", [])
+    drifted = calm.assign(js_distance=[None, 0.3])
+    _, reasons = monitoring.recommend(quality.head(1), drifted, 0.0, thresholds, version="3")
+    assert reasons == ["channel drifted: js_distance 0.300 > max_js_distance 0.1 (version 3)"]
 
 
 def test_operations_over_time_counts_errors_and_latency() -> None:

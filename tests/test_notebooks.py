@@ -51,6 +51,7 @@ def test_teardown_deletes_what_the_notebooks_created(shared_state: Path, tmp_pat
 
     from helpers.local.server.process import ensure_server
     from helpers.local.tables import DeltaTables
+    from helpers.names import ProjectNames
 
     notebook = PROJECT_ROOT / "notebooks" / "teardown.ipynb"
     papermill.execute_notebook(
@@ -63,3 +64,6 @@ def test_teardown_deletes_what_the_notebooks_created(shared_state: Path, tmp_pat
     assert list(w.serving_endpoints.list()) == []
     assert list(w.jobs.list(name=cfg.job_name)) == []
     assert not DeltaTables(shared_state).exists(cfg.table(cfg.events_table))
+    assert list(w.data_quality.list_monitor()) == []  # notebook 07's monitor, deleted before its table
+    left = [n for n in ProjectNames.of(cfg).of_kind("plain table") if DeltaTables(shared_state).is_delta(n)]
+    assert left == [], "the inference log, baseline and metric tables are dropped too"

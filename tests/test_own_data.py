@@ -12,6 +12,7 @@ import fresh_state
 import pandas as pd
 import papermill
 import pytest
+import yaml
 from sample_data import LOAN_MAPPING, STOCKS_MAPPING, loan_applications, stock_events
 from test_course import assert_clean_outputs
 
@@ -172,21 +173,36 @@ def test_own_data_flows_through_features_model_and_endpoints(served_own_data: Pa
     assert 0.0 <= safe < risky <= 1.0
 
 
-def test_the_monitoring_job_runs_on_own_data(served_own_data: Path) -> None:
+def test_the_monitoring_job_runs_on_own_data_and_fails_the_run_when_a_threshold_is_crossed(
+    served_own_data: Path,
+) -> None:
+    """The bundle's ``model_monitoring`` job (its parameters, ``fail_on_threshold`` on) through the Jobs API:
+    with thresholds nothing crosses it succeeds; with ``max_psi = 0`` the run fails naming the metric."""
     from databricks.sdk import WorkspaceClient
 
     from helpers import jobs, platform
     from helpers.local.server.process import ensure_server
 
+    bundle = yaml.safe_load((PROJECT_ROOT / "databricks.yml").read_text())["resources"]["jobs"]
+    parameters = {
+        p["name"]: p["default"] for p in bundle["model_monitoring"]["parameters"] if "${" not in p["default"]
+    }
+    assert parameters["fail_on_threshold"] == "true"
     server = ensure_server(served_own_data)
     w = WorkspaceClient(host=server.url, token=server.token, auth_type="pat")
-    job_id = jobs.create_or_update_job(
-        w, "model_monitoring", platform.notebook_task_path("notebooks/07_monitoring_inference_tables"),
-        {"min_roc_auc": "0.6", "max_psi": "0.25", "max_error_rate": "0.05"},
-    )  # fmt: skip
+    path = platform.notebook_task_path("notebooks/07_monitoring_inference_tables")
+    lax = {"min_f1_score": "0", "max_psi": "1000", "max_js_distance": "1", "max_error_rate": "1"}
+    job_id = jobs.create_or_update_job(w, "model_monitoring", path, parameters | lax)
     run = jobs.wait_for_run(w, w.jobs.run_now(job_id).run_id)
     assert jobs.succeeded(run), jobs.run_error(w, run)
-    assert json.loads(jobs.run_output(w, run))["decision"] in {"keep", "retrain"}
+    assert json.loads(jobs.run_output(w, run))["decision"] == "keep"
+
+    job_id = jobs.create_or_update_job(w, "model_monitoring", path, parameters | lax | {"max_psi": "0"})
+    run = jobs.wait_for_run(w, w.jobs.run_now(job_id).run_id)
+    assert not jobs.succeeded(run)
+    error = jobs.run_error(w, run) or ""
+    assert "ThresholdCrossed" in error and "population_stability_index" in error and "> max_psi 0.0" in error
+    assert "(version " in error
 
 
 def test_two_different_attribute_rows_at_one_instant_are_refused(mapping_env: Path) -> None:

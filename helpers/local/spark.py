@@ -7,6 +7,9 @@ On Databricks a notebook's ``spark`` is the cluster's SparkSession. Locally ther
 * ``spark.sql("DROP TABLE [IF EXISTS] <name>")``
 * ``spark.table(<name>)`` -> a frame with ``toPandas()``, ``columns`` and ``count()``
 * ``spark.catalog.tableExists(<name>)``
+* ``spark.createDataFrame(<pandas frame>).write.mode("overwrite" | "error").saveAsTable(<name>)``: a plain
+  Delta table (no primary key); overwriting with other columns needs ``.option("overwriteSchema", "true")``,
+  as on Databricks
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+from deltalake import write_deltalake
 
-from helpers.local.frames import to_pandas
+from helpers.local.frames import to_arrow, to_pandas
 from helpers.local.tables import DeltaTables, TableNotFoundError
 from helpers.names import parse_uc_name
 
@@ -31,11 +35,30 @@ SUPPORTED = (
 )
 
 
+_SAVE_MODES = ("overwrite", "error", "errorifexists")
+
+
+class TableAlreadyExistsError(ValueError):
+    """``saveAsTable`` in mode ``error`` on an existing table (Spark's ``TABLE_OR_VIEW_ALREADY_EXISTS``)."""
+
+
+class SchemaMismatchError(ValueError):
+    """An overwrite with other columns, without ``overwriteSchema`` (Delta's ``DELTA_METADATA_MISMATCH``)."""
+
+
 class LocalDataFrame:
     """A read result: what the notebooks do with a Spark DataFrame (``toPandas``, ``columns``, ``count``)."""
 
-    def __init__(self, data: pa.Table) -> None:
+    def __init__(self, data: pa.Table, tables: DeltaTables | None = None) -> None:
         self._data = data
+        self._tables = tables
+
+    @property
+    def write(self) -> LocalDataFrameWriter:
+        """``df.write``: saves the frame as a plain Delta table."""
+        if self._tables is None:
+            raise NotImplementedError("only a frame made with spark.createDataFrame can be written")
+        return LocalDataFrameWriter(self._data, self._tables)
 
     @property
     def columns(self) -> list[str]:
@@ -46,6 +69,53 @@ class LocalDataFrame:
 
     def toPandas(self) -> pd.DataFrame:  # noqa: N802 - Spark's name
         return to_pandas(self._data)
+
+
+class LocalDataFrameWriter:
+    """``df.write.mode(...).option(...).saveAsTable(name)`` over the twin's Delta tables."""
+
+    def __init__(self, data: pa.Table, tables: DeltaTables) -> None:
+        self._data, self._tables = data, tables
+        self._mode = "error"  # Spark's default: refuse to replace a table
+        self._options: dict[str, str] = {}
+
+    def mode(self, saveMode: str) -> LocalDataFrameWriter:  # noqa: N803 - Spark's argument name
+        if saveMode.lower() not in _SAVE_MODES:
+            raise NotImplementedError(
+                f"the local spark saves with mode in {list(_SAVE_MODES)}; got {saveMode!r}"
+            )
+        self._mode = saveMode.lower()
+        return self
+
+    def option(self, key: str, value: object) -> LocalDataFrameWriter:
+        self._options[key.lower()] = str(value).lower()  # Spark option keys are case-insensitive
+        return self
+
+    def saveAsTable(self, name: str) -> None:  # noqa: N802 - Spark's name
+        """Write the rows as the Delta table ``name`` (created, or replaced in mode ``overwrite``)."""
+        name = _uc_name(name)
+        exists = self._tables.is_delta(name)
+        if exists and self._mode != "overwrite":
+            raise TableAlreadyExistsError(
+                f"[TABLE_OR_VIEW_ALREADY_EXISTS] Cannot create table or view {name} because it already "
+                'exists. Write it with .mode("overwrite") to replace its rows, or drop it first.'
+            )
+        if exists:
+            current = self._tables.any_delta(name).schema().to_arrow()
+            same = list(current.names) == self._data.column_names
+            if not same and self._options.get("overwriteschema") != "true":
+                raise SchemaMismatchError(
+                    f"[_LEGACY_ERROR_TEMP_DELTA_0007] A schema mismatch detected when writing to the Delta "
+                    f"table {name}: its columns are {list(current.names)}, the data's "
+                    f'{self._data.column_names}. To overwrite the schema, add .option("overwriteSchema", '
+                    '"true").'
+                )
+        path = self._tables.path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._tables.lock(name):
+            write_deltalake(
+                str(path), self._data, mode="overwrite", schema_mode="overwrite" if exists else None
+            )
 
 
 class LocalCatalog:
@@ -65,6 +135,10 @@ class LocalSparkSession:
     def __init__(self, state_dir: Path) -> None:
         self._tables = DeltaTables(state_dir)
         self.catalog = LocalCatalog(self._tables)
+
+    def createDataFrame(self, data: pd.DataFrame) -> LocalDataFrame:  # noqa: N802 - Spark's name
+        """A frame from a pandas frame, to write with ``.write...saveAsTable(name)``."""
+        return LocalDataFrame(to_arrow(data, "data"), self._tables)
 
     def table(self, tableName: str) -> LocalDataFrame:  # noqa: N803 - Spark's argument name
         """Any Delta table by its three-level name, feature table or not."""

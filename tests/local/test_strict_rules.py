@@ -165,3 +165,27 @@ def test_the_payload_table_is_a_plain_table_read_with_spark_not_with_fe(fe, spar
     spark.sql(f"DROP TABLE {payload}")
     spark.sql(f"DROP TABLE IF EXISTS {payload}")
     assert not DeltaTables(state_dir).is_delta(payload)
+
+
+def test_save_as_table_refuses_to_replace_a_table_or_its_columns_unless_told(spark, state_dir: Path) -> None:
+    """Spark's default save mode is ``error``; a Delta overwrite keeps the table (and its id) and needs
+    ``overwriteSchema`` to change its columns, as on Databricks."""
+    from helpers.local.spark import SchemaMismatchError, TableAlreadyExistsError
+
+    log = "main.s.inference_log"
+    rows = pd.DataFrame({"amount": [1.0, 2.0], "label": [1, None]})
+    spark.createDataFrame(rows).write.saveAsTable(log)
+    table_id = DeltaTables(state_dir).any_delta(log).metadata().id
+    with pytest.raises(TableAlreadyExistsError, match=r"TABLE_OR_VIEW_ALREADY_EXISTS.*mode\(\"overwrite\"\)"):
+        spark.createDataFrame(rows).write.saveAsTable(log)
+    spark.createDataFrame(rows.head(1)).write.mode("overwrite").saveAsTable(log)
+    assert spark.table(log).count() == 1
+    wider = rows.assign(score=[0.1, 0.9])
+    with pytest.raises(SchemaMismatchError, match="overwriteSchema"):
+        spark.createDataFrame(wider).write.mode("overwrite").saveAsTable(log)
+    spark.createDataFrame(wider).write.mode("overwrite").option("overwriteSchema", "true").saveAsTable(log)
+    assert spark.table(log).columns == ["amount", "label", "score"]
+    assert DeltaTables(state_dir).any_delta(log).metadata().id == table_id  # the monitor keeps its table
+    assert spark.table(log).toPandas()["label"].isna().tolist() == [False, True]
+    with pytest.raises(NotImplementedError, match="mode in"):
+        spark.createDataFrame(rows).write.mode("append")
