@@ -25,8 +25,8 @@ $(STAMP): pyproject.toml
 run: $(INSTALL)  ## execute every notebook end to end on the local backend
 	$(PY) -m helpers.run_notebooks --output-dir $(RUN_DIR) $(NOTEBOOKS)
 
-test: $(INSTALL)  ## the test suite (small sizes), including notebook smoke runs
-	$(PY) -m pytest -q
+test: $(INSTALL)  ## the test suite (small sizes), including notebook smoke runs, one worker per core
+	$(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 smoke: $(INSTALL)  ## the quick subset: features, model and its endpoint (00, 01, 03), teardown, bundle, settings
 	$(PY) -m pytest -q tests/test_bundle.py tests/test_config.py tests/test_check_databricks.py tests/test_notebooks.py \

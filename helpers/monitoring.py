@@ -137,7 +137,8 @@ def recommend(
 
     ``quality`` holds ``_profile_metrics`` rows (``column_name = ':table'``) of ``version``: the newest
     window with an ``f1_score`` is judged. ``drift`` holds ``_drift_metrics`` rows of the features:
-    ``population_stability_index`` for numeric ones, ``js_distance`` for categorical ones. Each reason names
+    ``population_stability_index`` for numeric ones, ``js_distance`` for categorical ones (rows of
+    ``model_version = '*'`` are every version's requests together). Each reason names
     the metric, its value, the threshold and the version. Without labelled rows of ``positive_class`` yet
     (late labels) F1 is not judged.
     """
@@ -154,15 +155,15 @@ def recommend(
                 f"(version {version}, window from {newest['window']['start']:%Y-%m-%d %H:%M})"
             )
     for row in drift.itertuples():
+        rows_of = getattr(row, "model_version", version)
+        whose = "requests to every version" if rows_of == "*" else f"version {rows_of}"
         for metric, limit, name in (
             ("population_stability_index", thresholds.max_psi, "max_psi"),
             ("js_distance", thresholds.max_js_distance, "max_js_distance"),
         ):
             value = getattr(row, metric, None)
             if value is not None and not pd.isna(value) and value > limit:
-                reasons.append(
-                    f"{row.column_name} drifted: {metric} {value:.3f} > {name} {limit} (version {version})"
-                )
+                reasons.append(f"{row.column_name} drifted: {metric} {value:.3f} > {name} {limit} ({whose})")
     if error_rate > thresholds.max_error_rate:
         limit = thresholds.max_error_rate
         reasons.append(f"error rate {error_rate:.1%} > max_error_rate {limit:.1%} (version {version})")

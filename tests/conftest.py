@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,3 +55,48 @@ def sdk_waiters_poll_briskly() -> Iterator[None]:
         for module in (jobs, serving):
             patch.setattr(module, "time", brisk)
         yield
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules marked ``long`` (notebook chains: a minute or more each) run first. ``make test`` spreads
+    modules over one worker per core (pytest-xdist, ``--dist loadfile``) in this order, so the long ones
+    start at once instead of finishing the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: the rest keep their order
+
+
+# What ``platform.settings()`` and the local MLflow set-up export for child processes (kernels, servers).
+EXPORTED = ("HELPERS_STATE_DIR", "MLFLOW_TRACKING_URI")
+
+
+def _exported() -> dict[str, str | None]:
+    return {name: os.environ.get(name) for name in EXPORTED}
+
+
+def _forget_current_settings(exported: dict[str, str | None]) -> None:
+    from helpers import platform
+
+    platform._current = None
+    for name, value in exported.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(scope="module", autouse=True)
+def settings_stay_in_their_module() -> Iterator[None]:
+    """``platform.settings()`` remembers the settings it made and exports their state dir (and MLflow its
+    store), as a notebook needs; in the test process that must not leak into the next module (a worker runs
+    many)."""
+    before = _exported()
+    _forget_current_settings(before)
+    yield
+    _forget_current_settings(before)
+
+
+@pytest.fixture(autouse=True)
+def settings_stay_in_their_test(settings_stay_in_their_module: None) -> Iterator[None]:
+    """The same for each test: what a test's ``platform.settings()`` set is gone after it."""
+    before = _exported()
+    yield
+    _forget_current_settings(before)

@@ -2,7 +2,7 @@
 the notebooks' own cells, one model class, one parameter convention, one smoke switch, quiet outputs.
 
 ``assert_clean_outputs`` is also applied to every notebook the smoke runs execute (tests/test_notebooks.py,
-tests/test_own_data.py).
+tests/test_own_data_at_defaults.py).
 """
 
 from __future__ import annotations

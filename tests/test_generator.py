@@ -16,6 +16,7 @@ from sample_data import LOAN_MAPPING, loan_applications
 from helpers.config import PROJECT_ROOT
 
 copier = pytest.importorskip("copier")
+pytestmark = pytest.mark.long  # generates a project and runs its notebooks
 
 ANSWERS = {
     "project_name": "credit-risk",

@@ -95,6 +95,10 @@ def test_the_recommendation_reads_metric_table_rows_and_names_metric_value_thres
     drifted = calm.assign(js_distance=[None, 0.3])
     _, reasons = monitoring.recommend(quality.head(1), drifted, 0.0, thresholds, version="3")
     assert reasons == ["channel drifted: js_distance 0.300 > max_js_distance 0.1 (version 3)"]
+    _, reasons = monitoring.recommend(
+        quality.head(1), drifted.assign(model_version="*"), 0.0, thresholds, version="3"
+    )
+    assert reasons == ["channel drifted: js_distance 0.300 > max_js_distance 0.1 (requests to every version)"]
 
 
 def test_operations_over_time_counts_errors_and_latency() -> None:

@@ -14,6 +14,7 @@ from test_course import assert_clean_outputs
 from helpers.config import PROJECT_ROOT, get_settings
 from helpers.run_notebooks import for_project
 
+pytestmark = pytest.mark.long  # a chain of notebooks
 NOTEBOOKS = for_project(sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")), get_settings())
 
 

@@ -32,5 +32,18 @@ def _plain(kind: pa.DataType) -> pa.DataType:
 
 
 def to_pandas(table: pa.Table) -> pd.DataFrame:
-    """A pandas frame as Spark's ``toPandas`` gives it: a map column's values are dicts."""
-    return table.to_pandas(maps_as_pydicts="strict")
+    """A pandas frame as Spark's ``toPandas`` gives it: a map column's values are dicts, and a timestamp
+    inside a struct is a naive datetime (UTC), whether or not ``pyspark.pandas`` was imported (it sets
+    ``PYARROW_IGNORE_TIMEZONE``, which makes pyarrow drop the zone of nested timestamps only)."""
+    schema = pa.schema(
+        [f.with_type(_naive_inside(f.type)) if pa.types.is_struct(f.type) else f for f in table.schema]
+    )
+    return table.cast(schema).to_pandas(maps_as_pydicts="strict")
+
+
+def _naive_inside(kind: pa.DataType) -> pa.DataType:
+    if pa.types.is_struct(kind):
+        return pa.struct([child.with_type(_naive_inside(child.type)) for child in kind])
+    if pa.types.is_timestamp(kind):
+        return pa.timestamp(kind.unit)  # the same instants, as UTC wall-clock time
+    return kind

@@ -29,6 +29,7 @@ from helpers.local.spark import LocalSparkSession
 from helpers.local.tables import DeltaTables
 
 DAY = pd.Timestamp("2026-11-01", tz="UTC")
+NAIVE_DAY = DAY.tz_localize(None)  # a window read back: naive UTC, as Spark's toPandas gives it
 CONFIG = ProfileConfig(
     "inference_log",
     timestamp_col="ts",
@@ -90,7 +91,7 @@ def pick(frame: pd.DataFrame, day: int | None, column: str, **where: object) -> 
     if day is None:
         mask &= frame.window.isna()
     else:
-        mask &= frame.window.map(lambda w: w is not None and w["start"] == DAY + pd.Timedelta(days=day))
+        mask &= frame.window.map(lambda w: w is not None and w["start"] == NAIVE_DAY + pd.Timedelta(days=day))
     for name, value in criteria.items():
         mask &= frame[name].isna() if value is None else frame[name] == value
     [row] = frame[mask].to_dict(orient="records")
@@ -177,7 +178,7 @@ def test_regression_quality_agrees_with_scikit_learn() -> None:
     y = rng.normal(10, 3, 400)
     frame = pd.DataFrame({"ts": DAY, "model": "m", "y": y, "y_hat": y + rng.normal(0, 1, 400)})
     config = ProfileConfig("inference_log", "ts", ("1 day",), "regression", "y_hat", "y", "model")
-    row = pick(profile(frame, config)[0].to_pandas().rename(columns={"model": "model_version"}), 0, TABLE)
+    row = pick(to_pandas(profile(frame, config)[0]).rename(columns={"model": "model_version"}), 0, TABLE)
     assert row["mean_squared_error"] == pytest.approx(metrics.mean_squared_error(y, frame.y_hat), rel=1e-12)
     assert row["root_mean_squared_error"] == pytest.approx(
         np.sqrt(metrics.mean_squared_error(y, frame.y_hat))
@@ -221,7 +222,7 @@ def test_numeric_drift_agrees_with_scipy_consecutive_and_baseline(
         )
         assert row["avg_delta"] == pytest.approx(current.mean() - reference.mean(), rel=1e-9)
         if drift_type == "CONSECUTIVE":
-            assert row["window_cmp"]["start"] == DAY + pd.Timedelta(days=day - 1)
+            assert row["window_cmp"]["start"] == NAIVE_DAY + pd.Timedelta(days=day - 1)
         else:
             assert row["window_cmp"] is None
     shifted = pick(drift[drift.drift_type == "CONSECUTIVE"], 2, "amount")

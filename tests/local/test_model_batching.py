@@ -11,11 +11,13 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
+import fresh_state
 import mlflow.pyfunc
 import pandas as pd
 import pytest
@@ -23,6 +25,7 @@ from mlflow.models import infer_signature
 from polling import wait_for
 
 from helpers.local.server.errors import ApiError, ModelLoadError
+from helpers.local.server.layout import mlflow_uri
 from helpers.local.server.model_processes import ModelReplica
 
 
@@ -58,14 +61,16 @@ class Doubler(mlflow.pyfunc.PythonModel):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     root = Path(tmp_path_factory.mktemp("model"))
-    return {
-        "model": root / "doubler",
-        "gate": root / "gate",
-        "batches": root / "batches.jsonl",
-        "hold": root / "hold-load",
-    }
+    with pytest.MonkeyPatch.context() as patch:  # saving a model opens MLflow's store: this module's own
+        patch.setenv("MLFLOW_TRACKING_URI", mlflow_uri(fresh_state.seed(root / "state")))
+        yield {
+            "model": root / "doubler",
+            "gate": root / "gate",
+            "batches": root / "batches.jsonl",
+            "hold": root / "hold-load",
+        }
 
 
 @pytest.fixture(scope="module")
