@@ -320,3 +320,18 @@ def test_the_metric_tables_are_plain_delta_tables_read_with_spark(
         DeltaTables(state_dir), names, profile(day_rows(data, 0), CONFIG)
     )  # a refresh replaces
     assert spark.table(names[1]).count() == 0
+
+
+@pytest.mark.parametrize("ignore_timezone", [None, "1"])
+def test_window_timestamps_read_back_naive_utc_whatever_pyspark_pandas_set(
+    monkeypatch: pytest.MonkeyPatch, ignore_timezone: str | None
+) -> None:
+    """``import pyspark.pandas`` sets PYARROW_IGNORE_TIMEZONE=1, which changes how pyarrow converts nested
+    timestamps; the twin's ``toPandas`` gives the same naive UTC values either way."""
+    if ignore_timezone is None:
+        monkeypatch.delenv("PYARROW_IGNORE_TIMEZONE", raising=False)
+    else:
+        monkeypatch.setenv("PYARROW_IGNORE_TIMEZONE", ignore_timezone)
+    profile_table, _ = profile(scored(n=200), CONFIG)
+    starts = set(to_pandas(profile_table).window.dropna().map(lambda w: w["start"]))
+    assert starts == {NAIVE_DAY + pd.Timedelta(days=day) for day in (0, 1, 2)}
