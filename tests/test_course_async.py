@@ -134,11 +134,12 @@ def _schema_cell(notebook: str) -> str:
     return "".join(cell["source"])
 
 
-def test_the_schema_lesson_2_declares_is_the_one_the_job_writes() -> None:
-    from pyspark.sql.pandas.types import to_arrow_schema
+def _lesson_2_schemas() -> dict:
+    """The names lesson 2's schema cell defines (``layout_schema``, ``result_schema``), run with the Spark
+    types it imports on a cluster."""
     from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType, TimestampType
 
-    names = {
+    names: dict = {
         "StructType": StructType,
         "StructField": StructField,
         "StringType": StringType,
@@ -147,6 +148,13 @@ def test_the_schema_lesson_2_declares_is_the_one_the_job_writes() -> None:
         "TimestampType": TimestampType,
     }
     exec(_schema_cell("05_async_2_job_and_endpoint"), names)  # noqa: S102 - the notebook's own cell
+    return names
+
+
+def test_the_schema_lesson_2_declares_is_the_one_the_job_writes() -> None:
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    names = _lesson_2_schemas()
     for declared, written in (
         (names["layout_schema"], shelf.LAYOUT_SCHEMA),
         (names["result_schema"], shelf.RESULT_SCHEMA),
@@ -198,19 +206,9 @@ def test_the_job_notebook_names_the_lesson_that_makes_its_tables() -> None:
 
 
 def test_the_twin_creates_a_feature_table_from_the_notebook_s_spark_schema(state_dir: Path) -> None:
-    from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType, TimestampType
-
     from helpers import platform
 
-    names: dict = {
-        "StructType": StructType,
-        "StructField": StructField,
-        "StringType": StringType,
-        "LongType": LongType,
-        "DoubleType": DoubleType,
-        "TimestampType": TimestampType,
-    }
-    exec(_schema_cell("05_async_2_job_and_endpoint"), names)  # noqa: S102 - the notebook's own cell
+    names = _lesson_2_schemas()
     platform.settings()
     fe = platform.feature_engineering_client()
     fe.create_table(name="main.course_test.results", primary_keys=["run_id"], schema=names["result_schema"])
