@@ -247,25 +247,3 @@ def wait_for_refresh(
             delay = min(max_poll_seconds, delay * 1.5)
     finally:
         bar.close()
-
-
-def create_or_update_monitor(w: Any, table_name: str, output_schema_name: str, **config: Any) -> Any:
-    """The data-profiling monitor on ``table_name``, created or (when one exists) updated to ``config``.
-
-    ``config`` holds ``DataProfilingConfig`` fields (``inference_log=InferenceLogConfig(...)``,
-    ``baseline_table_name=...``, ``slicing_exprs=[...]``); the metric tables go to ``output_schema_name``
-    (``catalog.schema``). Re-running a notebook therefore updates the monitor instead of failing with
-    ``ResourceAlreadyExists``. Returns the ``Monitor``.
-    """
-    from databricks.sdk.errors import NotFound
-    from databricks.sdk.service.dataquality import DataProfilingConfig, Monitor
-
-    table_id = w.tables.get(table_name).table_id
-    schema_id = w.schemas.get(output_schema_name).schema_id
-    wanted = Monitor("table", table_id, data_profiling_config=DataProfilingConfig(schema_id, **config))
-    try:
-        w.data_quality.get_monitor("table", table_id)
-    except NotFound:
-        return w.data_quality.create_monitor(wanted)
-    mask = ",".join(f"data_profiling_config.{name}" for name in sorted(config))
-    return w.data_quality.update_monitor("table", table_id, wanted, update_mask=mask)

@@ -206,15 +206,21 @@ def test_time_series_and_snapshot_monitors_profile_without_model_quality(
         assert rows[rows.column_name == ":table"]["count"].max() <= 200
 
 
-def test_create_or_update_monitor_makes_a_notebook_rerun_update_the_monitor(
-    server: JobsServer, w: WorkspaceClient
-) -> None:
+def test_a_notebook_rerun_updates_the_monitor_it_created(server: JobsServer, w: WorkspaceClient) -> None:
+    """Notebook 07's cell: create the monitor; on a re-run ``ResourceAlreadyExists``, then update it."""
+
+    def create_or_update(**config: object) -> Monitor:
+        wanted = monitor_of(w, table, **config)
+        try:
+            return w.data_quality.create_monitor(wanted)
+        except ResourceAlreadyExists:
+            mask = ",".join(f"data_profiling_config.{name}" for name in sorted(config))
+            return w.data_quality.update_monitor("table", wanted.object_id, wanted, update_mask=mask)
+
     table = f"{SCHEMA}.rerun"
     write_table(server.state_dir, table, inference_log(n=100))
-    first = monitoring.create_or_update_monitor(w, table, SCHEMA, inference_log=log_config())
-    again = monitoring.create_or_update_monitor(
-        w, table, SCHEMA, inference_log=log_config(), slicing_exprs=["channel"]
-    )
+    first = create_or_update(inference_log=log_config())
+    again = create_or_update(inference_log=log_config(), slicing_exprs=["channel"])
     assert again.object_id == first.object_id
     assert again.data_profiling_config.slicing_exprs == ["channel"]
     assert again.data_profiling_config.monitor_version == first.data_profiling_config.monitor_version + 1
